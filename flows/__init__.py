@@ -1,0 +1,1 @@
+"""Prefect flows: one per use case, composed from the tasks in tasks/."""

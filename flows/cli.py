@@ -1,0 +1,97 @@
+"""layerwise run NAME | list | validate. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from layerwise.config import ConfigError, load_all, load_pipeline  # noqa: E402
+from layerwise.data import DataError, ensure_mnist  # noqa: E402
+from layerwise.paths import DEFAULT_CONFIG, data_root  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerwise", description="Greedy layer-wise autoencoder pretraining on MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a pipeline from pipelines.yaml")
+    run.add_argument("name")
+    run.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipelines file (default: %(default)s)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
+                     help="override a config value (parsed as YAML); repeatable")
+    run.add_argument("--data-root", default=None,
+                     help="folder holding MNIST/raw (default: $MNIST_ROOT, else ./data)")
+    listing = sub.add_parser("list", help="list the pipelines")
+    listing.add_argument("--config", default=str(DEFAULT_CONFIG))
+    validate = sub.add_parser("validate", help="validate every pipeline in the file")
+    validate.add_argument("--config", default=str(DEFAULT_CONFIG))
+    return parser
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # so runs end KILLED, not left RUNNING
+
+
+def cmd_list(args) -> int:
+    for name, cfg in load_all(args.config).items():
+        sizes = "-".join(map(str, cfg.sizes))
+        print(f"{name:<16} {sizes:<22} {cfg.finetune.init:<10} {cfg.description}")
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    pipelines = load_all(args.config)
+    print(f"{args.config}: {len(pipelines)} pipeline(s) valid: {', '.join(pipelines)}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    cfg = load_pipeline(args.name, args.config, args.overrides)
+    root = data_root(args.data_root)
+    ensure_mnist(root, allow_download=args.data_root is None and "MNIST_ROOT" not in os.environ)
+    from tasks.tracking import check_store
+
+    uri = check_store()
+    from flows.pipeline import layerwise_pipeline
+
+    print(f"layerwise: running '{args.name}' ({'-'.join(map(str, cfg.sizes))}, {cfg.finetune.init}, "
+          f"{cfg.n_labels()} labels) -> MLflow {uri}", flush=True)
+    started = time.perf_counter()
+    result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
+    wall = time.perf_counter() - started
+    print(summary(result, uri, wall))
+    return EXIT_OK
+
+
+def summary(result: dict, uri: str, wall: float) -> str:
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+    return (f"\n=== {result['pipeline']}: test error {result['test_error']:.2f}% "
+            f"(accuracy {100 * result['test_accuracy']:.2f}%, {result['n_labels']} labels), wall {wall:.0f} s\n"
+            f"MLflow parent run {result['parent_run_id']} in experiment '{result['pipeline']}'.\n"
+            f"Open it: {ui}  then  #/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Greedy layer-wise autoencoder pretraining: the torch code (no Prefect, no MLflow in here)."""

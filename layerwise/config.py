@@ -1,0 +1,320 @@
+"""Typed pipeline configuration: pipelines.yaml -> validated, resolved PipelineConfig.
+
+Every problem with a config (broken YAML, unknown key, wrong type, inconsistent sizes) is raised
+as a ConfigError whose message names the file, the pipeline and the dotted key, so the CLI can
+print it and exit 2 before any data is read or any MLflow run exists.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from layerwise.paths import DEFAULT_CONFIG
+
+MNIST_INPUT = 784
+MNIST_CLASSES = 10
+MNIST_TRAIN_IMAGES = 60_000
+
+
+class ConfigError(ValueError):
+    """A pipelines.yaml problem; the message is meant for the user as is."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    train_size: Optional[int] = Field(
+        None, ge=20, le=MNIST_TRAIN_IMAGES,
+        description="images drawn from the 60,000 training images (validation included); null = all")
+    val_size: int = Field(10_000, ge=10, description="held out of the training images for model selection")
+    split_seed: int = Field(0, description="seed of the train/validation split (kept apart from the "
+                                           "fine-tune seed so one pretrained stack serves every seed)")
+
+    @model_validator(mode="after")
+    def _val_fits(self):
+        pool = self.train_size or MNIST_TRAIN_IMAGES
+        if self.val_size >= pool:
+            raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({pool})")
+        return self
+
+    @property
+    def n_train(self) -> int:
+        """Training images left once the validation split is held out."""
+        return (self.train_size or MNIST_TRAIN_IMAGES) - self.val_size
+
+
+Activation = Literal["sigmoid", "relu", "tanh"]
+Optimizer = Literal["sgd", "adam"]
+
+
+class Denoising(Strict):
+    kind: Literal["mask", "gaussian"] = "mask"
+    level: float = Field(..., gt=0, description="mask: fraction of inputs zeroed; gaussian: noise std")
+
+    @model_validator(mode="after")
+    def _mask_below_one(self):
+        if self.kind == "mask" and self.level >= 1:
+            raise ValueError(f"level is the fraction zeroed by masking and must be below 1, got {self.level}")
+        return self
+
+
+class LayerConfig(Strict):
+    input: Optional[int] = Field(None, ge=1, description="input width; defaults to the previous layer's size")
+    size: int = Field(..., ge=1, description="code width")
+    activation: Activation = "sigmoid"
+    loss: Literal["auto", "bce", "mse"] = Field(
+        "auto", description="reconstruction loss; auto = bce when the layer's input lies in [0, 1]")
+    l1: float = Field(0.0, ge=0, description="weight of the L1 penalty on the code (sum over units, mean over batch)")
+    denoising: Optional[Denoising] = Field(None, description="corrupt the input, reconstruct the clean one")
+    epochs: int = Field(..., ge=1)
+    optimizer: Optimizer = "adam"
+    lr: float = Field(..., gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+
+
+class FinetuneConfig(Strict):
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    labels: Union[int, Literal["all"], None] = Field(None, description="labelled images, class-balanced; 'all' = every training image")
+    label_fraction: Optional[float] = Field(None, gt=0, le=1, description="alternative to labels: a fraction of the training images")
+    seed: int = Field(0, description="draws the labelled subset, the output layer and the batch order")
+    epochs: int = Field(..., ge=1)
+    optimizer: Optimizer = "sgd"
+    lr: float = Field(..., gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the hidden layers while fine-tuning")
+    input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
+
+    @model_validator(mode="after")
+    def _one_label_spec(self):
+        if self.labels is not None and self.label_fraction is not None:
+            raise ValueError("give either labels or label_fraction, not both")
+        if isinstance(self.labels, int) and self.labels < MNIST_CLASSES:
+            raise ValueError(f"labels must be at least {MNIST_CLASSES} (one per class), got {self.labels}")
+        return self
+
+
+class PipelineConfig(Strict):
+    description: str = ""
+    seed: int = Field(0, description="seed of pretraining (weights init and batch order)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    layers: list[LayerConfig] = Field(..., min_length=1)
+    finetune: FinetuneConfig
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        width, in_unit_range = MNIST_INPUT, True  # pixels are scaled to [0, 1]
+        for i, layer in enumerate(self.layers):
+            if layer.input is not None and layer.input != width:
+                where = "the MNIST image size" if i == 0 else f"layers.{i - 1}.size"
+                raise ValueError(f"layers.{i}.input is {layer.input} but {where} is {width}")
+            layer.input = width
+            if layer.loss == "auto":
+                layer.loss = "bce" if in_unit_range else "mse"
+            width, in_unit_range = layer.size, layer.activation == "sigmoid"
+        n_train = self.data.n_train
+        if isinstance(self.finetune.labels, int) and self.finetune.labels > n_train:
+            raise ValueError(f"finetune.labels is {self.finetune.labels} but only {n_train} training images "
+                             f"exist after holding out data.val_size={self.data.val_size}")
+        return self
+
+    @property
+    def sizes(self) -> list[int]:
+        return [MNIST_INPUT] + [layer.size for layer in self.layers]
+
+    def n_labels(self) -> int:
+        """How many labelled images fine-tuning uses."""
+        ft, n_train = self.finetune, self.data.n_train
+        if ft.label_fraction is not None:
+            return max(MNIST_CLASSES, round(ft.label_fraction * n_train))
+        if ft.labels is None or ft.labels == "all":
+            return n_train
+        return ft.labels
+
+    def pretrain_dict(self) -> dict:
+        """What determines the pretrained stack (and nothing that does not)."""
+        return {"seed": self.seed, "data": self.data.model_dump(),
+                "layers": [layer.model_dump() for layer in self.layers]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def _field_path(loc: tuple) -> tuple:
+    """The loc without pydantic's union-member tags ('int', "literal['all']", ...)."""
+    return tuple(part for part in loc
+                 if isinstance(part, int) or ("[" not in part and part not in _TYPE_TAGS))
+
+
+_TYPE_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _describe_errors(errors: list[dict], model: type[BaseModel]) -> str:
+    """One phrase per offending key; alternatives of a union are joined with 'or'."""
+    grouped: dict[tuple, list[str]] = {}
+    for err in errors:
+        path = _field_path(err["loc"])
+        grouped.setdefault(path, [])
+        text = _describe(err, path, model)
+        if text not in grouped[path]:
+            grouped[path].append(text)
+    phrases = []
+    for path, texts in grouped.items():
+        key = ".".join(str(part) for part in path)
+        got = next((f" (got {e['input']!r})" for e in errors if _field_path(e["loc"]) == path
+                    and e["type"] not in ("extra_forbidden", "missing") and "input" in e
+                    and not isinstance(e["input"], (dict, list)) and e["loc"]), "")
+        body = " or ".join(texts) + got
+        phrases.append(f"{key}: {body}" if key else body)
+    return "; ".join(phrases)
+
+
+def _describe(err: dict, path: tuple, model: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, path[:-1])
+        return "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if err["type"] == "missing":
+        return "required key is missing"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a nested model accepts at loc (list indices skipped)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def read_pipelines_file(path: Path | str = DEFAULT_CONFIG) -> dict[str, dict]:
+    """The raw mapping of pipeline name -> dict, with YAML and shape errors as ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: broken YAML: {problem}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("pipelines"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'pipelines:' mapping of name -> pipeline")
+    extra = set(doc) - {"pipelines", "definitions"}
+    if extra:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(extra)} (allowed: pipelines, definitions)")
+    for name, body in doc["pipelines"].items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: pipeline '{name}': expected a mapping, got {type(body).__name__}")
+    return doc["pipelines"]
+
+
+def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
+    """Apply `dotted.key=value` overrides (values parsed as YAML) to a copy of raw."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: --set expects dotted.key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: --set {key}: value {text!r} is not valid YAML") from None
+        parts = key.strip().split(".")
+        node: Any = result
+        for depth, part in enumerate(parts[:-1]):
+            node = _step(node, part, ".".join(parts[: depth + 1]), where, create=True)
+        _assign(node, parts[-1], value, key, where)
+    return result
+
+
+def _step(node, part, dotted, where, create):
+    if isinstance(node, list):
+        index = _index(node, part, dotted, where)
+        return node[index]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: --set {dotted}: {type(node).__name__} has no key {part!r}")
+    if part not in node or node[part] is None:
+        node[part] = {}
+    return node[part]
+
+
+def _assign(node, part, value, dotted, where):
+    if isinstance(node, list):
+        node[_index(node, part, dotted, where)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"{where}: --set {dotted}: cannot set a key inside a {type(node).__name__}")
+
+
+def _index(node: list, part: str, dotted: str, where: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"{where}: --set {dotted}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def validate_pipeline(name: str, raw: dict, source: str = "pipelines.yaml") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: pipeline '{name}': {_describe_errors(exc.errors(), PipelineConfig)}") from None
+
+
+def load_pipeline(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> PipelineConfig:
+    pipelines = read_pipelines_file(path)
+    if name not in pipelines:
+        raise ConfigError(f"{path}: no pipeline named '{name}' (defined: {', '.join(pipelines) or 'none'})")
+    where = f"{path}: pipeline '{name}'"
+    return validate_pipeline(name, apply_overrides(pipelines[name], list(overrides), where), str(path))
+
+
+def load_all(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
+    """Validate every pipeline in the file; the first bad one raises."""
+    return {name: validate_pipeline(name, raw, str(path)) for name, raw in read_pipelines_file(path).items()}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists -> {'a.b.0.c': value}, the form MLflow params take."""
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump()
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -1,0 +1,190 @@
+"""Training loops over in-memory tensors. They report through a callback, never to a tracker."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.losses import corrupt, l1_penalty, reconstruction_loss
+from layerwise.models import Autoencoder, Classifier
+
+ACTIVE_THRESHOLD = 0.1  # a code unit counts as active on an input when |h| > 0.1
+
+
+@dataclass
+class EpochReport:
+    stage: str
+    epoch: int  # 1-based
+    epochs: int
+    metrics: dict[str, float]
+    seconds: float
+
+    def line(self) -> str:
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in self.metrics.items())
+        return f"[{self.stage}] epoch {self.epoch}/{self.epochs}  {shown}  ({self.seconds:.1f} s)"
+
+
+Callback = Callable[[EpochReport], None]
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage, epoch and what to look at."""
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochReport] = field(default_factory=list)
+    best_epoch: Optional[int] = None
+    seconds: float = 0.0
+
+
+def configure_cpu(threads: Optional[int] = None) -> None:
+    """Denormals slow the CPU down badly once sigmoid codes saturate; flush them."""
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+CHECK_EVERY = 50  # batches between finiteness checks: stop early without a sync on every batch
+
+
+def _check_finite(value: float, stage: str, epoch: int, hint: str) -> None:
+    if not math.isfinite(value):
+        raise DivergedError(f"stage {stage}: loss became {value} in epoch {epoch}; {hint}")
+
+
+@torch.inference_mode()
+def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
+                         batch_size: int = 8192) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    recon = penalty = abs_sum = active = 0.0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        code, out = model(xb)
+        recon += reconstruction_loss(out, xb, model.loss).item() * len(xb)
+        penalty += l1_penalty(code, l1).item() * len(xb)
+        abs_sum += code.abs().sum().item()
+        active += (code.abs() > ACTIVE_THRESHOLD).sum().item()
+    model.train(was_training)
+    n, units = len(x), model.encoder[0].out_features
+    return {"recon_loss": recon / n, "l1_loss": penalty / n,
+            "code_l1": abs_sum / (n * units), "code_active_frac": active / (n * units)}
+
+
+def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
+                      batch_size: int, optimizer: str, lr: float, momentum: float = 0.9,
+                      weight_decay: float = 0.0, l1: float = 0.0, noise: Optional[tuple[str, float]] = None,
+                      seed: int = 0, stage: str = "pretrain", callback: Optional[Callback] = None) -> TrainResult:
+    """Minimise reconstruction loss + l1 * |code|_1; with noise=(kind, level) the encoder sees a
+    corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
+    recon_loss (training, averaged over the epoch's batches), val_recon_loss, code_l1 and
+    code_active_frac (validation, clean inputs)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
+    result, started = TrainResult(), time.perf_counter()
+    model.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        recon_sum = torch.zeros(())  # accumulated on-tensor: no .item() sync per batch
+        hint = f"look at the layer's lr ({lr}), l1 ({l1}), optimizer ({optimizer}) and loss ({model.loss})"
+        for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
+            xb = x_train[idx]
+            code, out = model(corrupt(xb, *noise) if noise else xb)
+            recon = reconstruction_loss(out, xb, model.loss)
+            loss = recon + l1_penalty(code, l1) if l1 else recon
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            recon_sum += recon.detach() * len(idx)
+            if step % CHECK_EVERY == 0:
+                _check_finite(recon_sum.item(), stage, epoch, hint)
+        train_recon = recon_sum.item() / len(x_train)
+        _check_finite(train_recon, stage, epoch, hint)
+        val = evaluate_autoencoder(model, x_val, l1)
+        report = EpochReport(stage, epoch, epochs, {
+            "recon_loss": train_recon, "val_recon_loss": val["recon_loss"],
+            "code_l1": val["code_l1"], "code_active_frac": val["code_active_frac"]},
+            time.perf_counter() - t0)
+        result.history.append(report)
+        if callback:
+            callback(report)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    labels = torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return labels
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (predict(model, x) == y).float().mean().item()
+
+
+def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+                     y_val: torch.Tensor, *, epochs: int, batch_size: int, optimizer: str, lr: float,
+                     momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
+                     seed: int = 0, stage: str = "finetune",
+                     callback: Optional[Callback] = None) -> TrainResult:
+    """Backprop through every layer on the labelled subset; keeps the weights of the epoch with the
+    best validation accuracy (model selection never sees the test set)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine" else None
+    result, started = TrainResult(), time.perf_counter()
+    best_acc, best_state = -1.0, None
+    model.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros(())
+        hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
+        for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            if step % CHECK_EVERY == 0:
+                _check_finite(loss_sum.item(), stage, epoch, hint)
+        if sched:
+            sched.step()
+        train_loss = loss_sum.item() / len(x_train)
+        _check_finite(train_loss, stage, epoch, hint)
+        val_acc = accuracy(model, x_val, y_val)
+        if val_acc > best_acc:
+            best_acc, best_state, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
+        report = EpochReport(stage, epoch, epochs, {"train_loss": train_loss, "val_accuracy": val_acc},
+                             time.perf_counter() - t0)
+        result.history.append(report)
+        if callback:
+            callback(report)
+    model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    return result

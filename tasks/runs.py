@@ -1,0 +1,40 @@
+"""The parent MLflow run of one pipeline execution."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from layerwise.config import PipelineConfig, flatten
+from tasks import tracking
+
+
+def run_title(pipeline: str, cfg: PipelineConfig) -> str:
+    ft = cfg.finetune
+    labels = "all labels" if cfg.n_labels() == cfg.data.n_train else f"{cfg.n_labels()} labels"
+    return f"{pipeline} · {ft.init} · {labels} · seed {ft.seed}"
+
+
+@task(name="open-pipeline-run", retries=2, retry_delay_seconds=2)
+def open_pipeline_run(pipeline: str, config: dict, flow_run_id: str | None = None) -> dict[str, str]:
+    """Creates the experiment (if new) and the parent run; logs the resolved config as YAML."""
+    cfg = PipelineConfig.model_validate(config)
+    mlf = tracking.client()
+    experiment_id = tracking.ensure_experiment(mlf, pipeline)
+    tags = {tracking.PIPELINE_TAG: pipeline, "layerwise.init": cfg.finetune.init}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    run_id = tracking.start_run(mlf, experiment_id, run_title(pipeline, cfg), tags)
+    tracking.log_params(mlf, run_id, flatten(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pipeline.yaml"
+        path.write_text(yaml.safe_dump({"pipelines": {pipeline: cfg.model_dump()}}, sort_keys=False))
+        mlf.log_artifact(run_id, str(path))
+    return {"run_id": run_id, "experiment_id": experiment_id}
+
+
+@task(name="record-results", retries=2, retry_delay_seconds=2)
+def record_results(run_id: str, metrics: dict[str, float]) -> None:
+    tracking.log_metrics(tracking.client(), run_id, metrics)

@@ -1,0 +1,120 @@
+"""MLflow bookkeeping with explicit run ids (the fluent API's active run is per thread).
+
+The public contract (README "MLflow"): experiment = pipeline name, one parent run per execution
+tagged layerwise.pipeline, one nested child run per stage tagged layerwise.stage.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import unquote
+
+import mlflow
+import requests
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from layerwise.paths import default_tracking_uri
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # opens the UI on training runs, not the GenAI overview
+PARENT_TAG = "mlflow.parentRunId"
+PIPELINE_TAG = "layerwise.pipeline"
+STAGE_TAG = "layerwise.stage"
+MAX_PARAMS_PER_CALL = 100
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+def tracking_uri() -> str:
+    return default_tracking_uri()
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a sqlite:/// URI (absolute, or relative to the working directory)."""
+    prefix = "sqlite:///"
+    return Path(unquote(uri[len(prefix):])).resolve() if uri.startswith(prefix) else None
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Artifacts of a sqlite store live beside the database (mlruns/ by default); a tracking
+    server decides for itself."""
+    db = sqlite_path(uri)
+    return (db.parent / "artifacts").as_uri() if db else None
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri()
+    db = sqlite_path(uri)
+    if db:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def check_store() -> str:
+    """Fail fast with a clear message when the store is unusable (no hour of compute lost to a
+    logging failure at the end). A server gets a quick health probe before MLflow's own retries."""
+    uri = tracking_uri()
+    try:
+        if uri.startswith(("http://", "https://")):
+            requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+        client().search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the store can't be used
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise TrackingError(f"MLflow tracking store {uri} is not usable ({type(exc).__name__}: {first_line}). "
+                            f"Start it (make mlflow-server) or point MLFLOW_TRACKING_URI elsewhere.") from None
+    return uri
+
+
+def ensure_experiment(mlf: MlflowClient, name: str) -> str:
+    experiment = mlf.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
+            mlf.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        return experiment.experiment_id
+    root = artifact_root(tracking_uri())
+    location = f"{root}/{name}" if root else None
+    try:
+        return mlf.create_experiment(name, artifact_location=location,
+                                     tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+    except mlflow.exceptions.MlflowException:
+        # another process created it between our lookup and create
+        return mlf.get_experiment_by_name(name).experiment_id
+
+
+def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
+              parent_run_id: Optional[str] = None) -> str:
+    tags = dict(tags)
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    return mlf.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+@contextlib.contextmanager
+def run_status(mlf: MlflowClient, run_id: str) -> Iterator[None]:
+    """Ends the run FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM; never left RUNNING."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params(mlf: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(key, "null" if value is None else str(value)) for key, value in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_PER_CALL):
+        mlf.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_CALL])
+
+
+def log_metrics(mlf: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    mlf.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])

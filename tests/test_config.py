@@ -1,0 +1,112 @@
+"""Every bad-config case: one clear message naming the pipeline and the key, exit 2, and no MLflow run."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from layerwise.config import ConfigError, load_all, load_pipeline
+
+BASE = {
+    "seed": 0,
+    "data": {"train_size": 500, "val_size": 100},
+    "layers": [
+        {"input": 784, "size": 16, "epochs": 1, "lr": 0.001},
+        {"input": 16, "size": 8, "epochs": 1, "lr": 0.001},
+    ],
+    "finetune": {"labels": 100, "epochs": 1, "lr": 0.1},
+}
+
+
+def write(tmp_path: Path, pipeline: dict, name: str = "tiny") -> Path:
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump({"pipelines": {name: pipeline}}))
+    return path
+
+
+def mutate(edit) -> dict:
+    pipeline = copy.deepcopy(BASE)
+    edit(pipeline)
+    return pipeline
+
+
+def test_the_shipped_file_is_valid():
+    pipelines = load_all()
+    assert {"smoke", "quickstart", "paper"} <= set(pipelines)
+
+
+def test_defaults_are_resolved():
+    cfg = load_pipeline("tiny", write(Path(__import__("tempfile").mkdtemp()), BASE))
+    assert [layer.loss for layer in cfg.layers] == ["bce", "bce"]  # pixels, then sigmoid codes
+    assert cfg.layers[0].activation == "sigmoid" and cfg.n_labels() == 100
+
+
+BAD = {
+    "unknown layer key": (lambda p: p["layers"][1].update(sise=3), r"layers\.1\.sise: unknown key \(allowed: input, size"),
+    "unknown finetune key": (lambda p: p["finetune"].update(lables=5), r"finetune\.lables: unknown key"),
+    "unknown pipeline key": (lambda p: p.update(epochs=3), r"'tiny': epochs: unknown key"),
+    "wrong type": (lambda p: p["layers"][0].update(epochs="three"), r"layers\.0\.epochs: .*integer"),
+    "wrong activation": (lambda p: p["layers"][0].update(activation="softplus"), r"layers\.0\.activation"),
+    "input mismatch": (lambda p: p["layers"][1].update(input=32), r"layers\.1\.input is 32 but layers\.0\.size is 16"),
+    "first input not 784": (lambda p: p["layers"][0].update(input=100), r"layers\.0\.input is 100 but the MNIST image size is 784"),
+    "labels above what exists": (lambda p: p["finetune"].update(labels=401), r"finetune\.labels is 401 but only 400"),
+    "fraction zero": (lambda p: p["finetune"].update(labels=None, label_fraction=0), r"finetune\.label_fraction: .*greater than 0"),
+    "fraction above one": (lambda p: p["finetune"].update(labels=None, label_fraction=1.5), r"finetune\.label_fraction: .*less than or equal to 1"),
+    "labels and fraction": (lambda p: p["finetune"].update(label_fraction=0.5), r"finetune: give either labels or label_fraction"),
+    "missing key": (lambda p: p.pop("layers"), r"layers: required key is missing"),
+    "val larger than pool": (lambda p: p["data"].update(val_size=600), r"data: val_size \(600\) must be smaller"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_exits_2_naming_pipeline_and_key(case, tmp_path, tracking, capsys):
+    edit, pattern = BAD[case]
+    path = write(tmp_path, mutate(edit))
+    assert main(["run", "tiny", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline 'tiny'" in err
+    assert __import__("re").search(pattern, err), err
+    assert not (tmp_path / "mlruns").exists()  # no MLflow store touched, let alone a run
+    assert main(["validate", "--config", str(path)]) == 2
+
+
+def test_missing_pipeline_name(tmp_path, tracking, capsys):
+    assert main(["run", "nope", "--config", str(write(tmp_path, BASE))]) == 2
+    assert "no pipeline named 'nope' (defined: tiny)" in capsys.readouterr().err
+
+
+def test_broken_yaml_names_the_line(tmp_path, capsys):
+    path = tmp_path / "pipelines.yaml"
+    path.write_text("pipelines:\n  tiny:\n    seed: [1, 2\n")
+    assert main(["validate", "--config", str(path)]) == 2
+    assert "broken YAML" in capsys.readouterr().err
+
+
+def test_set_overrides_are_applied_and_validated(tmp_path, tracking, capsys):
+    path = write(tmp_path, BASE)
+    cfg = load_pipeline("tiny", path, ["finetune.init=scratch", "layers.1.l1=0.5", "finetune.labels=all"])
+    assert cfg.finetune.init == "scratch" and cfg.layers[1].l1 == 0.5 and cfg.n_labels() == 400
+    for override, pattern in [("finetune.lr=abc", r"finetune\.lr: .*number"),
+                              ("finetune.colour=red", r"finetune\.colour: unknown key"),
+                              ("layers.5.size=3", r"'5' is not an index of a list of 2"),
+                              ("finetune.labels=100000", r"finetune\.labels is 100000"),
+                              ("noequals", r"expects dotted\.key=value")]:
+        assert main(["run", "tiny", "--config", str(path), "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert "pipeline 'tiny'" in err and __import__("re").search(pattern, err), (override, err)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_missing_data_exits_2_with_the_expected_location(tmp_path, tracking, capsys):
+    path = write(tmp_path, BASE)
+    assert main(["run", "tiny", "--config", str(path), "--data-root", str(tmp_path / "nodata")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nodata" / "MNIST" / "raw") in err and "missing" in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_list_shows_every_pipeline(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "784-1000-1000-500" in out

@@ -1,0 +1,94 @@
+"""The smoke pipeline on real MNIST under a Prefect test harness, with a private MLflow store."""
+import asyncio
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import mnist_root
+from flows.pipeline import layerwise_pipeline
+
+STAGES = ["pretrain-1", "pretrain-2", "pretrain-3", "finetune"]
+
+
+def _children(client, parent_id, experiment_id):
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.data.tags["layerwise.stage"]: run for run in runs}
+
+
+def _parents(client, experiment_id, status):
+    runs = client.search_runs([experiment_id], f"tags.`layerwise.pipeline` = 'smoke' and attributes.status = '{status}'")
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
+def _task_run_names(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as prefect:
+            runs = await prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name for run in runs}
+
+    return asyncio.run(read())
+
+
+def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp_path):
+    result = layerwise_pipeline("smoke", mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
+
+    [parent] = _parents(client, experiment.experiment_id, "FINISHED")
+    assert parent.info.run_id == result["parent_run_id"]
+    assert parent.data.metrics["test_error"] == pytest.approx(result["test_error"])
+    assert parent.data.params["finetune.labels"] == "200" and parent.data.params["layers.0.l1"] == "0.03"
+    logged = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "pipeline.yaml", str(tmp_path))))
+    assert logged["pipelines"]["smoke"]["layers"][2]["size"] == 500
+
+    children = _children(client, parent.info.run_id, experiment.experiment_id)
+    assert sorted(children) == sorted(STAGES)
+    for index in (1, 2, 3):
+        run = children[f"pretrain-{index}"]
+        assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"pretrain-{index} ")
+        assert run.data.tags["layerwise.pipeline"] == "smoke"
+        assert run.data.params["layer.size"] == ["1000", "1000", "500"][index - 1]
+        for metric in ("recon_loss", "val_recon_loss", "code_l1", "code_active_frac"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1]
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"pretrain-{index}.pt"]
+    tuned = children["finetune"]
+    assert tuned.info.status == "FINISHED"
+    assert tuned.data.params["finetune.init"] == "pretrained" and tuned.data.params["n_labels"] == "200"
+    for metric in ("train_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(tuned.info.run_id, metric)] == [1]
+    assert tuned.data.metrics["test_error"] == pytest.approx(parent.data.metrics["test_error"])
+    assert 0 <= tuned.data.metrics["test_accuracy"] <= 1
+    [version] = client.search_model_versions("name='smoke-classifier'")
+    assert version.run_id == tuned.info.run_id
+
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    assert {"pretrain-1", "pretrain-2", "pretrain-3", "finetune"} <= _task_run_names(flow_run_id)
+
+
+def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking):
+    result = layerwise_pipeline("smoke", ["finetune.init=scratch"], mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    children = _children(client, result["parent_run_id"], result["experiment_id"])
+    assert list(children) == ["finetune"]  # no pretraining for the control
+    assert children["finetune"].data.tags["layerwise.init"] == "scratch"
+    assert client.get_experiment_by_name("smoke").experiment_id == result["experiment_id"]
+
+
+def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
+    from layerwise.training import DivergedError
+
+    with pytest.raises(DivergedError, match="stage finetune: loss became nan in epoch 1"):
+        layerwise_pipeline("smoke", [f"layers.{i}.activation=relu" for i in range(3)] + ["finetune.lr=1e3"],
+                           mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("smoke")
+    [parent] = _parents(client, experiment.experiment_id, "FAILED")
+    children = _children(client, parent.info.run_id, experiment.experiment_id)
+    assert children["finetune"].info.status == "FAILED"
+    assert all(children[f"pretrain-{i}"].info.status == "FINISHED" for i in (1, 2, 3))

@@ -1,0 +1,49 @@
+import torch
+
+from layerwise.losses import l1_penalty, reconstruction_loss
+
+
+def test_l1_value_is_weighted_mean_of_row_sums():
+    code = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.0, -0.25]])
+    # rows: 1.5 and 2.25 -> mean 1.875
+    assert torch.isclose(l1_penalty(code, 0.1), torch.tensor(0.1875))
+    assert l1_penalty(code, 0.0).item() == 0.0
+
+
+def test_l1_gradient_is_weight_times_sign_over_batch():
+    code = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.3, -0.25]], requires_grad=True)
+    l1_penalty(code, 0.2).backward()
+    expected = 0.2 * torch.sign(code.detach()) / 2
+    assert torch.allclose(code.grad, expected)
+
+
+def test_bce_takes_logits_and_sums_over_features():
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    # sigmoid(0) = 0.5: every element costs log 2, two features per row
+    assert torch.isclose(reconstruction_loss(logits, target, "bce"), 2 * torch.log(torch.tensor(2.0)))
+
+
+def test_mse_sums_over_features_and_averages_over_batch():
+    out = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    target = torch.zeros(2, 2)
+    assert reconstruction_loss(out, target, "mse").item() == 2.5
+
+
+def test_masking_zeroes_about_the_given_fraction_and_keeps_the_rest():
+    from layerwise.losses import corrupt
+
+    torch.manual_seed(0)
+    x = torch.rand(200, 50) + 0.1  # no zeros before masking
+    noisy = corrupt(x, "mask", 0.3)
+    zeroed = noisy == 0
+    assert abs(zeroed.float().mean().item() - 0.3) < 0.02
+    assert torch.equal(noisy[~zeroed], x[~zeroed])
+
+
+def test_gaussian_noise_has_the_given_std():
+    from layerwise.losses import corrupt
+
+    torch.manual_seed(0)
+    x = torch.zeros(400, 100)
+    assert abs(corrupt(x, "gaussian", 0.5).std().item() - 0.5) < 0.01

@@ -1,0 +1,77 @@
+"""Tasks through .fn: real MNIST slices, a private MLflow store, no Prefect run."""
+import json
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import mnist_root
+from layerwise.checkpoint import load_encoder
+from layerwise.config import PipelineConfig
+from tasks import tracking as tr
+from tasks.data import prepare_data
+from tasks.finetune import finetune
+from tasks.pretrain import pretrain_layer
+
+CONFIG = {
+    "data": {"train_size": 300, "val_size": 60},
+    "layers": [{"size": 32, "epochs": 2, "lr": 0.003, "l1": 0.01, "batch_size": 32},
+               {"size": 16, "epochs": 1, "lr": 0.003, "batch_size": 32}],
+    "finetune": {"labels": 100, "epochs": 2, "lr": 0.1, "batch_size": 20, "seed": 3},
+}
+
+
+def _parent(client):
+    experiment_id = tr.ensure_experiment(client, "tasks")
+    return experiment_id, tr.start_run(client, experiment_id, "parent", {tr.PIPELINE_TAG: "tasks"})
+
+
+def test_prepare_data_writes_splits(tmp_path, tracking):
+    cfg = PipelineConfig.model_validate(CONFIG)
+    out = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
+    inputs, labels = torch.load(out["inputs"]), torch.load(out["labels"])
+    assert {k: tuple(v.shape) for k, v in inputs.items()} == {"train": (240, 784), "val": (60, 784), "test": (10000, 784)}
+    assert len(labels["train_index"]) == 240 and len(labels["val"]) == 60
+
+
+def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
+    cfg = PipelineConfig.model_validate(CONFIG)
+    client = MlflowClient()
+    experiment_id, parent = _parent(client)
+    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
+    stage = pretrain_layer.fn(parent, experiment_id, "tasks", 1, cfg.layers[0].model_dump(), 0, data["inputs"],
+                              str(tmp_path / "w"))
+    run = client.get_run(stage["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["layerwise.stage"] == "pretrain-1" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params["layer.l1"] == "0.01" and run.data.params["layer.input"] == "784"
+    history = client.get_metric_history(stage["run_id"], "recon_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert {"val_recon_loss", "code_l1", "code_active_frac"} <= set(run.data.metrics)
+    codes = torch.load(stage["codes"])
+    assert {k: tuple(v.shape) for k, v in codes.items()} == {"train": (240, 32), "val": (60, 32), "test": (10000, 32)}
+    encoder, saved_config = load_encoder(stage["weights"])
+    assert saved_config["layer"]["size"] == 32 and saved_config["layer"]["loss"] == "bce"
+    assert [a.path for a in client.list_artifacts(stage["run_id"])] == ["pretrain-1.pt"]
+
+
+def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking):
+    cfg = PipelineConfig.model_validate(CONFIG)
+    client = MlflowClient()
+    experiment_id, parent = _parent(client)
+    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
+    weights, codes = [], data["inputs"]
+    for index, layer in enumerate(cfg.layers, 1):
+        stage = pretrain_layer.fn(parent, experiment_id, "tasks", index, layer.model_dump(), 0, codes,
+                                  str(tmp_path / "w"))
+        weights.append(stage["weights"])
+        codes = stage["codes"]
+    result = finetune.fn(parent, experiment_id, "tasks", cfg.model_dump(), data["inputs"], data["labels"], weights)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["layerwise.labels"] == "100"
+    assert abs(run.data.metrics["test_error"] - 100 * (1 - run.data.metrics["test_accuracy"])) < 1e-9
+    assert len(client.get_metric_history(result["run_id"], "val_accuracy")) == 2
+    subset = json.loads(open(client.download_artifacts(result["run_id"], "label_subset.json", str(tmp_path))).read())
+    labels = torch.load(data["labels"])
+    assert len(subset) == 100 and set(subset) <= set(labels["train_index"].tolist())
+    [version] = client.search_model_versions("name='tasks-classifier'")
+    assert version.run_id == result["run_id"]

@@ -1,0 +1,65 @@
+import torch
+
+from layerwise.encode import encode
+from layerwise.models import Autoencoder
+from layerwise.training import train_autoencoder, train_classifier
+from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
+
+
+def _stack(x, sizes, epochs=2):
+    """Greedy pretraining on tiny data: returns the frozen encoders and a snapshot of each."""
+    encoders, snapshots, codes = [], [], x
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        ae = Autoencoder(n_in, n_out, "sigmoid", "bce")
+        train_autoencoder(ae, codes, codes[:8], epochs=epochs, batch_size=8, optimizer="adam", lr=1e-2,
+                          l1=0.01, seed=i)
+        encoder = freeze(ae.encoder)
+        snapshots.append({k: v.clone() for k, v in encoder.state_dict().items()})
+        encoders.append(encoder)
+        codes = encode(encoder, codes)
+    return encoders, snapshots
+
+
+def test_frozen_encoder_is_bit_identical_after_later_stages_train():
+    torch.manual_seed(0)
+    x = torch.rand(32, 12)
+    encoders, snapshots = _stack(x, [12, 10, 6, 4])
+    for encoder, snapshot in zip(encoders, snapshots):
+        assert all(not p.requires_grad for p in encoder.parameters())
+        for key, value in encoder.state_dict().items():
+            assert torch.equal(value, snapshot[key]), key
+
+
+def test_classifier_starts_as_the_encoders_and_finetuning_leaves_them_alone():
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
+    encoders, snapshots = _stack(x, [12, 10, 6], epochs=1)
+    clf = classifier_from_encoders(encoders, n_classes=3, dropout=0.0, seed=1)
+    for block, encoder in zip(clf.hidden, encoders):
+        assert torch.equal(block[0].weight, encoder[0].weight)
+        assert torch.equal(block[0].bias, encoder[0].bias)
+        assert block[0].weight.data_ptr() != encoder[0].weight.data_ptr()  # a copy, not an alias
+        assert type(block[1]) is type(encoder[1])
+        assert all(p.requires_grad for p in block.parameters())
+    assert clf.output.weight.shape == (3, 6)
+    train_classifier(clf, x, y, x, y, epochs=2, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    assert not torch.equal(clf.hidden[0][0].weight, encoders[0][0].weight)  # fine-tuning moved the copy
+    for encoder, snapshot in zip(encoders, snapshots):
+        assert torch.equal(encoder[0].weight, snapshot["0.weight"])  # ...and not the encoder
+
+
+def test_scratch_classifier_has_the_same_shape_and_is_seeded():
+    a = scratch_classifier([12, 10, 6], ["sigmoid", "relu"], 3, 0.0, seed=5)
+    b = scratch_classifier([12, 10, 6], ["sigmoid", "relu"], 3, 0.0, seed=5)
+    assert [tuple(p.shape) for p in a.parameters()] == [(10, 12), (10,), (6, 10), (6,), (3, 6), (3,)]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert isinstance(a.hidden[1][1], torch.nn.ReLU)
+
+
+def test_code_shapes_through_the_stack():
+    x = torch.rand(20, 12)
+    encoders, _ = _stack(x, [12, 10, 6], epochs=1)
+    codes = encode(encoders[0], x)
+    assert codes.shape == (20, 10)
+    assert encode(encoders[1], codes).shape == (20, 6)
+    assert ((codes >= 0) & (codes <= 1)).all()  # sigmoid codes
