@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from layerwise.paths import DEFAULT_CONFIG
 
@@ -80,11 +80,8 @@ class LayerConfig(Strict):
     batch_size: int = Field(256, ge=1)
 
 
-class FinetuneConfig(Strict):
-    init: Literal["pretrained", "scratch"] = "pretrained"
-    labels: Union[int, Literal["all"], None] = Field(None, description="labelled images, class-balanced; 'all' = every training image")
-    label_fraction: Optional[float] = Field(None, gt=0, le=1, description="alternative to labels: a fraction of the training images")
-    seed: int = Field(0, description="draws the labelled subset, the output layer and the batch order")
+class TrainingConfig(Strict):
+    """How the classifier is trained (the knobs an init may need its own values of)."""
     epochs: int = Field(..., ge=1)
     optimizer: Optimizer = "sgd"
     lr: float = Field(..., gt=0)
@@ -94,6 +91,35 @@ class FinetuneConfig(Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the hidden layers while fine-tuning")
     input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
+
+
+def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """The same fields and constraints, each optional with default None (an override block)."""
+    fields = {}
+    for key, info in model.model_fields.items():
+        optional = copy.copy(info)
+        optional.default = None
+        fields[key] = (Optional[info.annotation], optional)
+    return create_model(name, __base__=Strict, **fields)
+
+
+TrainingOverrides = _partial(TrainingConfig, "TrainingOverrides")
+
+
+class FinetuneConfig(TrainingConfig):
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    labels: Union[int, Literal["all"], None] = Field(None, description="labelled images, class-balanced; 'all' = every training image")
+    label_fraction: Optional[float] = Field(None, gt=0, le=1, description="alternative to labels: a fraction of the training images")
+    seed: int = Field(0, description="draws the labelled subset, the output layer and the batch order")
+    scratch: Optional[TrainingOverrides] = Field(
+        None, description="training settings that replace the ones above when init is scratch: random "
+                          "init wants its own optimizer and learning rate")
+
+    def in_force(self) -> "FinetuneConfig":
+        """The settings this init trains with (scratch overrides applied)."""
+        if self.init != "scratch" or self.scratch is None:
+            return self
+        return self.model_copy(update=self.scratch.model_dump(exclude_none=True))
 
     @model_validator(mode="after")
     def _one_label_spec(self):

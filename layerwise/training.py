@@ -150,10 +150,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                      y_val: torch.Tensor, *, epochs: int, batch_size: int, optimizer: str, lr: float,
                      momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
-                     seed: int = 0, stage: str = "finetune",
+                     keep: str = "best_val", seed: int = 0, stage: str = "finetune",
                      callback: Optional[Callback] = None) -> TrainResult:
-    """Backprop through every layer on the labelled subset; keeps the weights of the epoch with the
-    best validation accuracy (model selection never sees the test set)."""
+    """Backprop through every layer on the labelled subset. keep='best_val' restores the weights of
+    the epoch with the best validation accuracy; keep='last' keeps the final weights (validation is
+    then only reported). Model selection never sees the test set."""
+    if keep not in ("best_val", "last"):
+        raise ValueError(f"keep must be 'best_val' or 'last', got {keep!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
@@ -185,6 +188,9 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
         result.history.append(report)
         if callback:
             callback(report)
-    model.load_state_dict(best_state)
+    if keep == "best_val":
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = epochs
     result.seconds = time.perf_counter() - started
     return result

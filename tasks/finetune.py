@@ -22,7 +22,7 @@ STAGE = "finetune"
 
 
 def build_classifier(cfg: PipelineConfig, weights: list[str]):
-    ft = cfg.finetune
+    ft = cfg.finetune.in_force()
     if ft.init == "scratch":
         return scratch_classifier(cfg.sizes, [layer.activation for layer in cfg.layers], MNIST_CLASSES,
                                   ft.dropout, ft.seed, ft.input_dropout)
@@ -37,7 +37,7 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
     configure_cpu()
     logger = run_logger()
     cfg = PipelineConfig.model_validate(config)
-    ft = cfg.finetune
+    ft = cfg.finetune.in_force()
     inputs = torch.load(inputs_path, weights_only=True)
     labels = torch.load(labels_path, weights_only=True)
     n_labels = cfg.n_labels()
@@ -48,7 +48,8 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
         {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.init": ft.init,
          "layerwise.labels": str(n_labels), "layerwise.seed": str(ft.seed)}, parent_run_id)
     with tracking.run_status(mlf, run_id):
-        tracking.log_params(mlf, run_id, {**flatten(ft, "finetune"), "sizes": cfg.sizes, "n_labels": n_labels,
+        tracking.log_params(mlf, run_id, {**flatten(ft.model_dump(exclude={"scratch"}), "finetune"),
+                                          "sizes": cfg.sizes, "n_labels": n_labels,
                                           "activations": [layer.activation for layer in cfg.layers]})
         _log_subset(mlf, run_id, labels["train_index"][subset])
 

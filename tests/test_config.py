@@ -110,3 +110,20 @@ def test_list_shows_every_pipeline(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "quickstart" in out and "784-1000-1000-500" in out
+
+
+def test_scratch_block_sets_what_the_control_trains_with(tmp_path):
+    pipeline = mutate(lambda p: p["finetune"].update(scratch={"optimizer": "adam", "lr": 0.001}))
+    path = write(tmp_path, pipeline)
+    pretrained = load_pipeline("tiny", path).finetune.in_force()
+    assert (pretrained.optimizer, pretrained.lr) == ("sgd", 0.1)
+    control = load_pipeline("tiny", path, ["finetune.init=scratch"]).finetune.in_force()
+    assert (control.optimizer, control.lr, control.epochs) == ("adam", 0.001, 1)
+
+
+def test_scratch_block_is_validated_like_the_rest(tmp_path, capsys):
+    path = write(tmp_path, mutate(lambda p: p["finetune"].update(scratch={"lrr": 1, "lr": -1})))
+    assert main(["validate", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.scratch.lrr: unknown key (allowed: epochs, optimizer, lr" in err
+    assert "finetune.scratch.lr: Input should be greater than 0" in err

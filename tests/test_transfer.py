@@ -63,3 +63,19 @@ def test_code_shapes_through_the_stack():
     assert codes.shape == (20, 10)
     assert encode(encoders[1], codes).shape == (20, 6)
     assert ((codes >= 0) & (codes <= 1)).all()  # sigmoid codes
+
+
+def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
+    clf = scratch_classifier([12, 8], ["relu"], 3, 0.0, seed=0)
+    seen = []
+    result = train_classifier(clf, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last",
+                              seed=0, callback=lambda r: seen.append(r.metrics["val_accuracy"]))
+    assert result.best_epoch == 4 and len(seen) == 4
+    from layerwise.training import accuracy
+
+    assert accuracy(clf, x, y) == seen[-1]
+    best = scratch_classifier([12, 8], ["relu"], 3, 0.0, seed=0)
+    result = train_classifier(best, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    assert accuracy(best, x, y) == max(seen) and seen[result.best_epoch - 1] == max(seen)
