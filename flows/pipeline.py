@@ -8,6 +8,7 @@ from typing import Optional
 
 from prefect import flow, runtime
 
+from layerwise.cache import stage_key
 from layerwise.config import load_pipeline
 from layerwise.data import ensure_mnist
 from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
@@ -25,7 +26,7 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     started = time.perf_counter()
     cfg = load_pipeline(pipeline, config_path or DEFAULT_CONFIG, overrides or [])
     root = data_root(mnist_root)
-    ensure_mnist(root, allow_download=mnist_root is None)
+    fingerprint = ensure_mnist(root, allow_download=mnist_root is None)
     tracking.check_store()
     config = cfg.model_dump()
     parent = open_pipeline_run(pipeline, config, str(runtime.flow_run.id or ""))
@@ -38,8 +39,9 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
             codes, weights = data["inputs"], []
             if cfg.finetune.init == "pretrained":
                 for index, layer in enumerate(config["layers"], start=1):
+                    key = stage_key(cfg.pretrain_dict(), index, fingerprint)
                     stage = pretrain_layer(run_id, experiment_id, pipeline, index, layer, cfg.seed, codes,
-                                           str(workdir))
+                                           str(workdir), key)
                     codes = stage["codes"]
                     weights.append(stage["weights"])
             result = finetune(run_id, experiment_id, pipeline, config, data["inputs"], data["labels"], weights)

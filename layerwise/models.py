@@ -31,6 +31,12 @@ class Autoencoder(nn.Module):
         return torch.sigmoid(out) if self.loss == "bce" else out
 
 
+def seeded_autoencoder(n_in: int, n_code: int, activation: str, loss: str, seed: int) -> Autoencoder:
+    """An autoencoder whose initial weights depend on seed alone (runs reproduce on CPU)."""
+    torch.manual_seed(seed)
+    return Autoencoder(n_in, n_code, activation, loss)
+
+
 class Classifier(nn.Module):
     """Hidden blocks (Linear + activation, the encoders' shape) then a linear output layer."""
 

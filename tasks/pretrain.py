@@ -1,51 +1,79 @@
-"""One greedy pretraining stage: train an autoencoder on the previous codes, freeze it, encode once."""
+"""One greedy pretraining stage: train an autoencoder on the previous codes (or reuse the identical
+stage trained before), freeze it, encode every split once."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 from prefect import task
 
-from layerwise.checkpoint import save_stage
+from layerwise.cache import Store
+from layerwise.checkpoint import load_encoder, save_stage
 from layerwise.config import LayerConfig, flatten
 from layerwise.encode import encode
-from layerwise.models import Autoencoder
+from layerwise.models import seeded_autoencoder
+from layerwise.paths import work_root
 from layerwise.training import configure_cpu, train_autoencoder
 from layerwise.transfer import freeze
 from tasks import tracking
-from tasks.logs import epoch_reporter
+from tasks.logs import epoch_reporter, run_logger
+
+REUSED_TAG = "layerwise.reused"
+LINK_TAG = "layerwise.pretrain_run_id"
 
 
 def stage_name(index: int) -> str:
     return f"pretrain-{index}"
 
 
+def stage_store() -> Store:
+    return Store(work_root() / "stages")
+
+
 @task(name="pretrain", task_run_name="pretrain-{index}")
 def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index: int, layer: dict,
-                   seed: int, inputs_path: str, workdir: str) -> dict[str, str]:
-    """Returns the stage's weights file, its codes file (the next stage's input) and its run id."""
+                   seed: int, inputs_path: str, workdir: str, cache_key: str) -> dict[str, str]:
+    """Returns the stage's weights file, its codes file (the next stage's input), its run id and
+    the id of the run that trained the weights (itself, or the earlier run whose stage it reused)."""
     configure_cpu()
     cfg = LayerConfig.model_validate(layer)
     stage = stage_name(index)
-    inputs = torch.load(inputs_path, weights_only=True)
+    resolved = {"layer": cfg.model_dump(), "index": index, "seed": seed, "pipeline": pipeline}
+    cached = stage_store().get(cache_key)
     mlf = tracking.client()
-    run_id = tracking.start_run(
-        mlf, experiment_id, f"{stage} {cfg.input}→{cfg.size} {cfg.activation} l1={cfg.l1:g}",
-        {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage}, parent_run_id)
+    title = f"{stage} {cfg.input}→{cfg.size} {cfg.activation} l1={cfg.l1:g}"
+    tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
+    if cached:
+        tags.update({REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
+        title += " (reused)"
+    run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
     with tracking.run_status(mlf, run_id):
-        resolved = {"layer": cfg.model_dump(), "index": index, "seed": seed, "pipeline": pipeline}
+        inputs = torch.load(inputs_path, weights_only=True)
         tracking.log_params(mlf, run_id, flatten(resolved))
-
-        model = Autoencoder(cfg.input, cfg.size, cfg.activation, cfg.loss)
-        train_autoencoder(model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                          optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, l1=cfg.l1, seed=seed * 100 + index, stage=stage,
-                          noise=(cfg.denoising.kind, cfg.denoising.level) if cfg.denoising else None,
-                          callback=epoch_reporter(mlf, run_id))
-        out = Path(workdir) / stage
-        weights = save_stage(out / f"{stage}.pt", model, resolved)
-        mlf.log_artifact(run_id, str(weights))
-        encoder = freeze(model.encoder)
-        codes = out / "codes.pt"
+        if cached:
+            weights = cached.file(f"{stage}.pt")
+            run_logger().info(f"[{stage}] reused: identical stage trained by MLflow run {cached.meta['run_id']} "
+                              f"(key {cache_key}); no autoencoder trained")
+            tracking.log_metrics(mlf, run_id, cached.meta["final_metrics"], step=cfg.epochs)
+            encoder = freeze(load_encoder(weights)[0])
+            trained_by = cached.meta["run_id"]
+        else:
+            model = seeded_autoencoder(cfg.input, cfg.size, cfg.activation, cfg.loss, seed * 100 + index)
+            result = train_autoencoder(
+                model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
+                optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                l1=cfg.l1, noise=(cfg.denoising.kind, cfg.denoising.level) if cfg.denoising else None,
+                seed=seed * 100 + index, stage=stage, callback=epoch_reporter(mlf, run_id))
+            local = save_stage(Path(workdir) / stage / f"{stage}.pt", model, resolved)
+            mlf.log_artifact(run_id, str(local))
+            weights = stage_store().put(cache_key, {local.name: local}, {
+                "run_id": run_id, "pipeline": pipeline, "stage": stage, "tracking_uri": tracking.tracking_uri(),
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": result.seconds,
+                "final_metrics": result.history[-1].metrics}).file(local.name)
+            encoder = freeze(model.encoder)
+            trained_by = run_id
+        codes = Path(workdir) / stage / "codes.pt"
+        codes.parent.mkdir(parents=True, exist_ok=True)
         torch.save({split: encode(encoder, x) for split, x in inputs.items()}, codes)
-    return {"weights": str(weights), "codes": str(codes), "run_id": run_id}
+    return {"weights": str(weights), "codes": str(codes), "run_id": run_id, "trained_by": trained_by}

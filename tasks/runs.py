@@ -27,8 +27,8 @@ def open_pipeline_run(pipeline: str, config: dict, flow_run_id: str | None = Non
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
     run_id = tracking.start_run(mlf, experiment_id, run_title(pipeline, cfg), tags)
-    tracking.log_params(mlf, run_id, flatten(cfg))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tracking.run_status(mlf, run_id, finish=False), tempfile.TemporaryDirectory() as tmp:
+        tracking.log_params(mlf, run_id, flatten(cfg))
         path = Path(tmp) / "pipeline.yaml"
         path.write_text(yaml.safe_dump({"pipelines": {pipeline: cfg.model_dump()}}, sort_keys=False))
         mlf.log_artifact(run_id, str(path))

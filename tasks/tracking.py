@@ -95,8 +95,9 @@ def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[s
 
 
 @contextlib.contextmanager
-def run_status(mlf: MlflowClient, run_id: str) -> Iterator[None]:
-    """Ends the run FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM; never left RUNNING."""
+def run_status(mlf: MlflowClient, run_id: str, finish: bool = True) -> Iterator[None]:
+    """Ends the run FAILED on an error, KILLED on Ctrl-C / SIGTERM, else FINISHED (unless finish is
+    False: the run stays open for later work); never left RUNNING by an exception."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
@@ -105,7 +106,7 @@ def run_status(mlf: MlflowClient, run_id: str) -> Iterator[None]:
     except BaseException:
         mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    else:
+    if finish:
         mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 

@@ -92,3 +92,17 @@ def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
     children = _children(client, parent.info.run_id, experiment.experiment_id)
     assert children["finetune"].info.status == "FAILED"
     assert all(children[f"pretrain-{i}"].info.status == "FINISHED" for i in (1, 2, 3))
+
+
+def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(prefect_harness, tracking):
+    first = layerwise_pipeline("smoke", mnist_root=str(mnist_root()))
+    second = layerwise_pipeline("smoke", ["finetune.seed=1"], mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    trained = _children(client, first["parent_run_id"], first["experiment_id"])
+    reused = _children(client, second["parent_run_id"], second["experiment_id"])
+    for index in (1, 2, 3):
+        stage = f"pretrain-{index}"
+        assert "layerwise.reused" not in trained[stage].data.tags
+        assert reused[stage].data.tags["layerwise.reused"] == "true"
+        assert reused[stage].data.tags["layerwise.pretrain_run_id"] == trained[stage].info.run_id
+    assert reused["finetune"].data.tags["layerwise.seed"] == "1"

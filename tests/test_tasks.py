@@ -39,7 +39,7 @@ def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
     stage = pretrain_layer.fn(parent, experiment_id, "tasks", 1, cfg.layers[0].model_dump(), 0, data["inputs"],
-                              str(tmp_path / "w"))
+                              str(tmp_path / "w"), "key-1")
     run = client.get_run(stage["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["layerwise.stage"] == "pretrain-1" and run.data.tags["mlflow.parentRunId"] == parent
@@ -62,7 +62,7 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     weights, codes = [], data["inputs"]
     for index, layer in enumerate(cfg.layers, 1):
         stage = pretrain_layer.fn(parent, experiment_id, "tasks", index, layer.model_dump(), 0, codes,
-                                  str(tmp_path / "w"))
+                                  str(tmp_path / "w"), f"key-{index}")
         weights.append(stage["weights"])
         codes = stage["codes"]
     result = finetune.fn(parent, experiment_id, "tasks", cfg.model_dump(), data["inputs"], data["labels"], weights)
@@ -75,3 +75,22 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     assert len(subset) == 100 and set(subset) <= set(labels["train_index"].tolist())
     [version] = client.search_model_versions("name='tasks-classifier'")
     assert version.run_id == result["run_id"]
+
+
+def test_a_stage_with_a_known_key_is_reused_not_retrained(tmp_path, tracking):
+    cfg = PipelineConfig.model_validate(CONFIG)
+    client = MlflowClient()
+    experiment_id, parent = _parent(client)
+    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
+    args = (experiment_id, "tasks", 1, cfg.layers[0].model_dump(), 0, data["inputs"])
+    first = pretrain_layer.fn(parent, *args, str(tmp_path / "w1"), "same-key")
+    second = pretrain_layer.fn(parent, *args, str(tmp_path / "w2"), "same-key")
+    assert second["trained_by"] == first["run_id"] != second["run_id"]
+    reused = client.get_run(second["run_id"])
+    assert reused.data.tags["layerwise.reused"] == "true"
+    assert reused.data.tags["layerwise.pretrain_run_id"] == first["run_id"]
+    assert reused.info.run_name.endswith("(reused)")
+    # no training happened: one copied point per metric, at the last epoch, equal to the original's
+    history = client.get_metric_history(second["run_id"], "recon_loss")
+    assert [(m.step, m.value) for m in history] == [(2, client.get_run(first["run_id"]).data.metrics["recon_loss"])]
+    assert torch.equal(torch.load(first["codes"])["val"], torch.load(second["codes"])["val"])

@@ -79,3 +79,17 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
     best = scratch_classifier([12, 8], ["relu"], 3, 0.0, seed=0)
     result = train_classifier(best, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
     assert accuracy(best, x, y) == max(seen) and seen[result.best_epoch - 1] == max(seen)
+
+
+def test_a_seeded_stage_reproduces_bit_for_bit():
+    from layerwise.models import seeded_autoencoder
+
+    x = torch.rand(64, 12, generator=torch.Generator().manual_seed(0))
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(12345 + len(weights))  # whatever the global RNG held before
+        ae = seeded_autoencoder(12, 8, "sigmoid", "bce", seed=3)
+        train_autoencoder(ae, x, x[:8], epochs=2, batch_size=16, optimizer="adam", lr=1e-2, l1=0.01,
+                          noise=("mask", 0.2), seed=3)
+        weights.append(ae.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
