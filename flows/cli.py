@@ -59,8 +59,9 @@ def cmd_run(args) -> int:
     uri = check_store()
     from flows.pipeline import layerwise_pipeline
 
-    print(f"layerwise: running '{args.name}' ({'-'.join(map(str, cfg.sizes))}, {cfg.finetune.init}, "
-          f"{cfg.n_labels()} labels) -> MLflow {uri}", flush=True)
+    what = (f"{len(cfg.cells())} fine-tune cells" if cfg.ablation
+            else f"{cfg.finetune.init}, {cfg.n_labels()} labels")
+    print(f"layerwise: running '{args.name}' ({'-'.join(map(str, cfg.sizes))}, {what}) -> MLflow {uri}", flush=True)
     started = time.perf_counter()
     result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
     wall = time.perf_counter() - started
@@ -70,9 +71,14 @@ def cmd_run(args) -> int:
 
 def summary(result: dict, uri: str, wall: float) -> str:
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    return (f"\n=== {result['pipeline']}: test error {result['test_error']:.2f}% "
-            f"(accuracy {100 * result['test_accuracy']:.2f}%, {result['n_labels']} labels), wall {wall:.0f} s\n"
-            f"MLflow parent run {result['parent_run_id']} in experiment '{result['pipeline']}'.\n"
+    if "markdown" in result:
+        reused = sum(cell["run_id"] != cell["trained_by"] for cell in result["cells"])
+        headline = (f"\n{result['markdown']}\n=== {result['pipeline']}: {len(result['cells'])} cells "
+                    f"({reused} reused), wall {wall:.0f} s")
+    else:
+        headline = (f"\n=== {result['pipeline']}: test error {result['test_error']:.2f}% "
+                    f"(accuracy {100 * result['test_accuracy']:.2f}%, {result['n_labels']} labels), wall {wall:.0f} s")
+    return (f"{headline}\nMLflow parent run {result['parent_run_id']} in experiment '{result['pipeline']}'.\n"
             f"Open it: {ui}  then  #/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}")
 
 

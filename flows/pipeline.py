@@ -1,15 +1,18 @@
-"""The layer-wise pipeline: pretrain each layer of the stack greedily, then fine-tune the classifier."""
+"""The layer-wise pipeline: pretrain each layer of the stack greedily, then fine-tune the classifier
+(or, for a pipeline with an `ablation:` block, a grid of classifiers over the same stack)."""
 from __future__ import annotations
 
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from prefect import flow, runtime
 
+from flows.ablation import label_ablation, runner_for
 from layerwise.cache import stage_key
-from layerwise.config import load_pipeline
+from layerwise.config import PipelineConfig, load_pipeline
 from layerwise.data import ensure_mnist
 from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
 from tasks import tracking
@@ -17,6 +20,25 @@ from tasks.data import prepare_data
 from tasks.finetune import finetune
 from tasks.pretrain import pretrain_layer
 from tasks.runs import open_pipeline_run, record_results
+
+
+def cell_name(cfg: PipelineConfig) -> str:
+    return f"{cfg.finetune.init}-{cfg.n_labels()}-seed{cfg.finetune.seed}"
+
+
+def pretrain_stack(cfg: PipelineConfig, run_id: str, experiment_id: str, pipeline: str, inputs: str,
+                   fingerprint: str, workdir: Path) -> tuple[list[str], list[str]]:
+    """One loop over `layers:`: each stage trains on the codes of the one below. Returns the
+    weights files and the stage keys (what the stack's cells are keyed by)."""
+    codes, weights, keys = inputs, [], []
+    for index, layer in enumerate(cfg.layers, start=1):
+        key = stage_key(cfg.pretrain_dict(), index, fingerprint)
+        stage = pretrain_layer(run_id, experiment_id, pipeline, index, layer.model_dump(), cfg.seed, codes,
+                               str(workdir), key)
+        codes = stage["codes"]
+        weights.append(stage["weights"])
+        keys.append(key)
+    return weights, keys
 
 
 @flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True)
@@ -28,25 +50,27 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     root = data_root(mnist_root)
     fingerprint = ensure_mnist(root, allow_download=mnist_root is None)
     tracking.check_store()
-    config = cfg.model_dump()
-    parent = open_pipeline_run(pipeline, config, str(runtime.flow_run.id or ""))
+    parent = open_pipeline_run(pipeline, cfg.model_dump(), str(runtime.flow_run.id or ""))
     run_id, experiment_id = parent["run_id"], parent["experiment_id"]
     workdir = work_root() / "runs" / f"{run_id}-{uuid.uuid4().hex[:6]}"
     mlf = tracking.client()
     try:
         with tracking.run_status(mlf, run_id):
-            data = prepare_data(str(root), config["data"], str(workdir))
-            codes, weights = data["inputs"], []
-            if cfg.finetune.init == "pretrained":
-                for index, layer in enumerate(config["layers"], start=1):
-                    key = stage_key(cfg.pretrain_dict(), index, fingerprint)
-                    stage = pretrain_layer(run_id, experiment_id, pipeline, index, layer, cfg.seed, codes,
-                                           str(workdir), key)
-                    codes = stage["codes"]
-                    weights.append(stage["weights"])
-            result = finetune(run_id, experiment_id, pipeline, config, data["inputs"], data["labels"], weights)
+            data = prepare_data(str(root), cfg.data.model_dump(), str(workdir))
+            weights, keys = [], []
+            if any(cell.finetune.init == "pretrained" for cell in cfg.cells()):
+                weights, keys = pretrain_stack(cfg, run_id, experiment_id, pipeline, data["inputs"],
+                                               fingerprint, workdir)
+            if cfg.ablation:
+                ablation = label_ablation.with_options(task_runner=runner_for(cfg.ablation))
+                result = ablation(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
+                                  data["labels"], weights, keys, fingerprint)
+            else:
+                result = finetune(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
+                                  data["labels"], weights, cell_name(cfg))
             result["wall_seconds"] = time.perf_counter() - started
-            record_results(run_id, {k: result[k] for k in ("test_accuracy", "test_error", "wall_seconds")})
+            record_results(run_id, {k: v for k, v in result.items() if k in ("test_accuracy", "test_error",
+                                                                              "wall_seconds")})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
     return {"pipeline": pipeline, "parent_run_id": run_id, "experiment_id": experiment_id, **result}

@@ -91,6 +91,15 @@ class TrainingConfig(Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the hidden layers while fine-tuning")
     input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
+    min_steps: int = Field(0, ge=0, description="at least this many optimizer steps: small labelled sets "
+                                                "get more epochs")
+    keep: Literal["best_val", "last"] = Field(
+        "best_val", description="best_val: the epoch with the best validation accuracy; last: the final "
+                                "weights (no model selection, for honest few-label cells)")
+
+    def epochs_for(self, n_examples: int) -> int:
+        steps_per_epoch = -(-n_examples // self.batch_size)
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
 
 def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
@@ -125,8 +134,34 @@ class FinetuneConfig(TrainingConfig):
     def _one_label_spec(self):
         if self.labels is not None and self.label_fraction is not None:
             raise ValueError("give either labels or label_fraction, not both")
-        if isinstance(self.labels, int) and self.labels < MNIST_CLASSES:
-            raise ValueError(f"labels must be at least {MNIST_CLASSES} (one per class), got {self.labels}")
+        return self
+
+
+LabelSpec = Union[int, Literal["all"]]
+
+
+class AblationConfig(Strict):
+    """A grid of fine-tunes over one pretrained stack: label counts x seeds x inits."""
+    labels: list[LabelSpec] = Field(default_factory=list, description="label counts (or 'all')")
+    label_fractions: list[float] = Field(default_factory=list, description="fractions in (0, 1]")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    inits: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"],
+                                                          min_length=1)
+    workers: int = Field(2, ge=1, description="cells fine-tuned at once")
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per cell; "
+                                                                      "default: cores // workers")
+    runner: Literal["threads", "dask"] = "threads"
+    address: Optional[str] = Field(None, description="Dask scheduler address; none = a local cluster")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.labels and not self.label_fractions:
+            raise ValueError("give labels and/or label_fractions")
+        for fraction in self.label_fractions:
+            if not 0 < fraction <= 1:
+                raise ValueError(f"label_fractions must lie in (0, 1], got {fraction}")
+        if self.address and self.runner != "dask":
+            raise ValueError("address is the Dask scheduler's: set runner: dask")
         return self
 
 
@@ -136,6 +171,7 @@ class PipelineConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     layers: list[LayerConfig] = Field(..., min_length=1)
     finetune: FinetuneConfig
+    ablation: Optional[AblationConfig] = None
 
     @model_validator(mode="after")
     def _resolve(self):
@@ -149,14 +185,29 @@ class PipelineConfig(Strict):
                 layer.loss = "bce" if in_unit_range else "mse"
             width, in_unit_range = layer.size, layer.activation == "sigmoid"
         n_train = self.data.n_train
-        if isinstance(self.finetune.labels, int) and self.finetune.labels > n_train:
-            raise ValueError(f"finetune.labels is {self.finetune.labels} but only {n_train} training images "
-                             f"exist after holding out data.val_size={self.data.val_size}")
+        counts = [("finetune.labels", self.finetune.labels)]
+        if self.ablation:
+            counts += [(f"ablation.labels.{i}", n) for i, n in enumerate(self.ablation.labels)]
+        for key, count in counts:
+            if isinstance(count, int) and not MNIST_CLASSES <= count <= n_train:
+                raise ValueError(f"{key} is {count} but must lie between {MNIST_CLASSES} (one per class) and "
+                                 f"{n_train} (the training images left after data.val_size={self.data.val_size})")
         return self
 
     @property
     def sizes(self) -> list[int]:
         return [MNIST_INPUT] + [layer.size for layer in self.layers]
+
+    def cells(self) -> list["PipelineConfig"]:
+        """The fine-tunes this pipeline runs: the ablation grid, or the one `finetune:` describes."""
+        if not self.ablation:
+            return [self]
+        grid = self.ablation
+        specs = [{"labels": n, "label_fraction": None} for n in grid.labels]
+        specs += [{"labels": None, "label_fraction": f} for f in grid.label_fractions]
+        return [self.model_copy(update={"ablation": None, "finetune": self.finetune.model_copy(
+                    update={**spec, "seed": seed, "init": init})})
+                for spec in specs for seed in grid.seeds for init in grid.inits]
 
     def n_labels(self) -> int:
         """How many labelled images fine-tuning uses."""

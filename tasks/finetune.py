@@ -4,21 +4,28 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import mlflow
 import torch
 from prefect import task
 
+from layerwise.cache import Store
 from layerwise.checkpoint import load_encoder
 from layerwise.config import MNIST_CLASSES, PipelineConfig, flatten
 from layerwise.data import label_subset
-from layerwise.paths import PROJECT_ROOT
+from layerwise.paths import PROJECT_ROOT, work_root
 from layerwise.training import accuracy, configure_cpu, train_classifier
 from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
 from tasks import tracking
 from tasks.logs import epoch_reporter, run_logger
 
 STAGE = "finetune"
+CELL_LINK_TAG = "layerwise.cell_run_id"
+
+
+def cell_store() -> Store:
+    return Store(work_root() / "cells")
 
 
 def build_classifier(cfg: PipelineConfig, weights: list[str]):
@@ -30,49 +37,66 @@ def build_classifier(cfg: PipelineConfig, weights: list[str]):
     return classifier_from_encoders(encoders, MNIST_CLASSES, ft.dropout, ft.seed, ft.input_dropout)
 
 
-@task(name="finetune", task_run_name="finetune")
+def cell_tags(pipeline: str, cfg: PipelineConfig) -> dict[str, str]:
+    ft = cfg.finetune
+    return {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.init": ft.init,
+            "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed)}
+
+
+@task(name="finetune", task_run_name="finetune-{cell_name}")
 def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs_path: str,
-             labels_path: str, weights: list[str]) -> dict:
-    """Returns the run id and the test metrics; logs and registers the classifier."""
-    configure_cpu()
-    logger = run_logger()
+             labels_path: str, weights: list[str], cell_name: str = "classifier", threads: Optional[int] = None,
+             cache_key: Optional[str] = None, register_model: bool = True) -> dict:
+    """Returns the run id and test metrics. With a cache_key, a cell finished by an earlier run is
+    reused (linked, not retrained); with register_model, the classifier is logged and registered."""
+    configure_cpu(threads)
     cfg = PipelineConfig.model_validate(config)
     ft = cfg.finetune.in_force()
-    inputs = torch.load(inputs_path, weights_only=True)
-    labels = torch.load(labels_path, weights_only=True)
     n_labels = cfg.n_labels()
-    subset = label_subset(labels["train"], n_labels, ft.seed)
     mlf = tracking.client()
-    run_id = tracking.start_run(
-        mlf, experiment_id, f"{STAGE} {ft.init} {n_labels} labels seed {ft.seed}",
-        {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.init": ft.init,
-         "layerwise.labels": str(n_labels), "layerwise.seed": str(ft.seed)}, parent_run_id)
+    cached = cell_store().get(cache_key) if cache_key else None
+    tags = cell_tags(pipeline, cfg)
+    title = f"{STAGE} {ft.init} {n_labels} labels seed {ft.seed}"
+    if cached:
+        tags.update({"layerwise.reused": "true", CELL_LINK_TAG: cached.meta["run_id"]})
+        title += " (reused)"
+    run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
     with tracking.run_status(mlf, run_id):
         tracking.log_params(mlf, run_id, {**flatten(ft.model_dump(exclude={"scratch"}), "finetune"),
                                           "sizes": cfg.sizes, "n_labels": n_labels,
                                           "activations": [layer.activation for layer in cfg.layers]})
-        _log_subset(mlf, run_id, labels["train_index"][subset])
-
+        if cached:
+            metrics = cached.meta["metrics"]
+            run_logger().info(f"[{STAGE} {cell_name}] reused the cell finished by MLflow run {cached.meta['run_id']}")
+            tracking.log_metrics(mlf, run_id, metrics, step=int(metrics["best_epoch"]))
+            return {"run_id": run_id, "trained_by": cached.meta["run_id"], "n_labels": n_labels, **metrics}
+        inputs = torch.load(inputs_path, weights_only=True)
+        labels = torch.load(labels_path, weights_only=True)
+        subset = label_subset(labels["train"], n_labels, ft.seed)
+        _log_json(mlf, run_id, "label_subset.json", labels["train_index"][subset].tolist())
         model = build_classifier(cfg, weights)
         result = train_classifier(
             model, inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"],
-            epochs=ft.epochs, batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr, momentum=ft.momentum,
-            weight_decay=ft.weight_decay, schedule=ft.schedule, seed=ft.seed, stage=STAGE,
-            callback=epoch_reporter(mlf, run_id))
+            epochs=ft.epochs_for(n_labels), batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr,
+            momentum=ft.momentum, weight_decay=ft.weight_decay, schedule=ft.schedule, keep=ft.keep,
+            seed=ft.seed, stage=f"{STAGE} {cell_name}", callback=epoch_reporter(mlf, run_id))
         test_accuracy = accuracy(model, inputs["test"], labels["test"])
         metrics = {"test_accuracy": test_accuracy, "test_error": 100.0 * (1.0 - test_accuracy),
-                   "best_epoch": float(result.best_epoch)}
-        tracking.log_metrics(mlf, run_id, metrics, step=ft.epochs)
-        logger.info(f"[{STAGE}] test error {metrics['test_error']:.2f}% (best validation epoch {result.best_epoch})")
-        _log_model(run_id, model.eval(), f"{pipeline}-classifier", inputs["test"][:4])
-    return {"run_id": run_id, "n_labels": n_labels, **metrics}
+                   "best_epoch": float(result.best_epoch), "train_seconds": result.seconds}
+        tracking.log_metrics(mlf, run_id, metrics, step=result.best_epoch)
+        run_logger().info(f"[{STAGE} {cell_name}] test error {metrics['test_error']:.2f}% "
+                          f"(kept epoch {result.best_epoch}, {ft.keep})")
+        if register_model:
+            _log_model(run_id, model.eval(), f"{pipeline}-classifier", inputs["test"][:4])
+        if cache_key:
+            cell_store().put(cache_key, {}, {"run_id": run_id, "metrics": metrics})
+    return {"run_id": run_id, "trained_by": run_id, "n_labels": n_labels, **metrics}
 
 
-def _log_subset(mlf, run_id: str, official_index: torch.Tensor) -> None:
-    """The labelled images' positions in the official 60,000, so anyone can rebuild the cell."""
+def _log_json(mlf, run_id: str, name: str, value) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "label_subset.json"
-        path.write_text(json.dumps(official_index.tolist()))
+        path = Path(tmp) / name
+        path.write_text(json.dumps(value))
         mlf.log_artifact(run_id, str(path))
 
 

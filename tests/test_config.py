@@ -50,7 +50,7 @@ BAD = {
     "wrong activation": (lambda p: p["layers"][0].update(activation="softplus"), r"layers\.0\.activation"),
     "input mismatch": (lambda p: p["layers"][1].update(input=32), r"layers\.1\.input is 32 but layers\.0\.size is 16"),
     "first input not 784": (lambda p: p["layers"][0].update(input=100), r"layers\.0\.input is 100 but the MNIST image size is 784"),
-    "labels above what exists": (lambda p: p["finetune"].update(labels=401), r"finetune\.labels is 401 but only 400"),
+    "labels above what exists": (lambda p: p["finetune"].update(labels=401), r"finetune\.labels is 401 but must lie between 10 \(one per class\) and 400"),
     "fraction zero": (lambda p: p["finetune"].update(labels=None, label_fraction=0), r"finetune\.label_fraction: .*greater than 0"),
     "fraction above one": (lambda p: p["finetune"].update(labels=None, label_fraction=1.5), r"finetune\.label_fraction: .*less than or equal to 1"),
     "labels and fraction": (lambda p: p["finetune"].update(label_fraction=0.5), r"finetune: give either labels or label_fraction"),
@@ -91,6 +91,7 @@ def test_set_overrides_are_applied_and_validated(tmp_path, tracking, capsys):
                               ("finetune.colour=red", r"finetune\.colour: unknown key"),
                               ("layers.5.size=3", r"'5' is not an index of a list of 2"),
                               ("finetune.labels=100000", r"finetune\.labels is 100000"),
+                              ("finetune.labels=5", r"finetune\.labels is 5 but must lie between 10"),
                               ("noequals", r"expects dotted\.key=value")]:
         assert main(["run", "tiny", "--config", str(path), "--set", override]) == 2
         err = capsys.readouterr().err

@@ -68,7 +68,8 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
     assert version.run_id == tuned.info.run_id
 
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
-    assert {"pretrain-1", "pretrain-2", "pretrain-3", "finetune"} <= _task_run_names(flow_run_id)
+    names = _task_run_names(flow_run_id)
+    assert {"pretrain-1", "pretrain-2", "pretrain-3", "finetune-pretrained-200-seed0"} <= names
 
 
 def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking):
@@ -83,7 +84,7 @@ def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking)
 def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
     from layerwise.training import DivergedError
 
-    with pytest.raises(DivergedError, match="stage finetune: loss became nan in epoch 1"):
+    with pytest.raises(DivergedError, match=r"stage finetune pretrained-200-seed0: loss became nan in epoch 1; look at finetune\.lr"):
         layerwise_pipeline("smoke", [f"layers.{i}.activation=relu" for i in range(3)] + ["finetune.lr=1e3"],
                            mnist_root=str(mnist_root()))
     client = MlflowClient()

@@ -20,9 +20,9 @@ def test_ctrl_c_marks_the_open_runs_killed(tracking):
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "[pretrain-2] epoch 3/" in line or time.monotonic() > deadline:
+            if "[pretrain-2] epoch " in line or time.monotonic() > deadline:
                 break
-        assert any("[pretrain-2] epoch 3/" in line for line in seen), "".join(seen[-30:])
+        assert any("[pretrain-2] epoch " in line for line in seen), "".join(seen[-30:])
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:

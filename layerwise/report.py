@@ -1,0 +1,75 @@
+"""Ablation results as tables and a figure (pandas + matplotlib; no tracking, no orchestration)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from layerwise.anchors import FEW_LABEL_ERRORS, SOURCE
+
+COLUMNS = ["labels", "seed", "init", "test_error", "test_accuracy", "best_epoch", "train_seconds", "run_id",
+           "trained_by"]
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)[COLUMNS]
+    return frame.sort_values(["labels", "init", "seed"]).reset_index(drop=True)
+
+
+def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of test error per label count and init, with the gain pretrained - scratch
+    (negative = pretraining lowers the error)."""
+    stats = results.groupby(["labels", "init"])["test_error"].agg(["mean", "std", "count"]).reset_index()
+    wide = stats.pivot(index="labels", columns="init", values=["mean", "std", "count"])
+    wide.columns = [f"{init}_{stat}" for stat, init in wide.columns]
+    if {"pretrained_mean", "scratch_mean"} <= set(wide.columns):
+        wide["gain"] = wide["pretrained_mean"] - wide["scratch_mean"]
+    return wide.reset_index()
+
+
+def summary_markdown(summary: pd.DataFrame, title: str) -> str:
+    inits = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
+    header = ["labels"] + [f"{init} error % (mean ± std, n)" for init in inits]
+    has_gain = "gain" in summary.columns
+    if has_gain:
+        header.append("gain pretrained − scratch (points)")
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [str(int(row["labels"]))]
+        for init in inits:
+            std = row[f"{init}_std"]
+            cells.append(f"{row[f'{init}_mean']:.2f} ± {0.0 if pd.isna(std) else std:.2f} (n={int(row[f'{init}_count'])})")
+        if has_gain:
+            cells.append(f"{row['gain']:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Error on the official 10,000-image test set. Published reference ({SOURCE}): "
+              + "; ".join(f"{name} " + "/".join(f"{v:g}" for v in errs.values())
+                          for name, errs in FEW_LABEL_ERRORS.items()) + " at 100/600/1000/3000 labels."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation(summary: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for init, style in (("pretrained", "o-"), ("scratch", "s--")):
+        if f"{init}_mean" in summary.columns:
+            ax.errorbar(summary["labels"], summary[f"{init}_mean"], yerr=summary[f"{init}_std"].fillna(0),
+                        fmt=style, capsize=4, label=f"{init} (measured)")
+    markers = iter("v^Dxp*")
+    for name, errors in FEW_LABEL_ERRORS.items():
+        ax.plot(list(errors), list(errors.values()), next(markers), color="grey", alpha=0.7,
+                linestyle="none", label=f"{name} [{SOURCE}]")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,41 @@
+"""The ablation's results: results.csv, summary.md and ablation.png on the parent run, the same
+summary as a Prefect table artifact, and per-cell means as parent metrics."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from layerwise.report import plot_ablation, results_frame, summary_frame, summary_markdown
+from tasks import tracking
+
+
+@task(name="summarize-ablation", retries=1, retry_delay_seconds=2)
+def summarize_ablation(parent_run_id: str, pipeline: str, rows: list[dict]) -> dict:
+    results = results_frame(rows)
+    summary = summary_frame(results)
+    title = f"{pipeline}: test error against labelled images"
+    markdown = summary_markdown(summary, title)
+    mlf = tracking.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results.to_csv(folder / "results.csv", index=False)
+        (folder / "summary.md").write_text(markdown)
+        plot_ablation(summary, folder / "ablation.png", title)
+        for name in ("results.csv", "summary.md", "ablation.png"):
+            mlf.log_artifact(parent_run_id, str(folder / name))
+    metrics = {}
+    for _, row in summary.iterrows():
+        labels = int(row["labels"])
+        for column in summary.columns:
+            if column.endswith("_mean"):
+                metrics[f"mean_test_error/{labels}/{column.removesuffix('_mean')}"] = row[column]
+        if "gain" in summary.columns:
+            metrics[f"gain/{labels}"] = row["gain"]
+    tracking.log_metrics(mlf, parent_run_id, metrics)
+    table = summary.round(3).to_dict(orient="records")
+    create_table_artifact(table=table, key=f"{pipeline.lower()}-summary".replace("_", "-"),
+                          description=markdown)
+    return {"summary": table, "markdown": markdown}

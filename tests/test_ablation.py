@@ -1,0 +1,64 @@
+"""The label ablation on the smoke data: one stack, a grid of cells, the results on the parent run."""
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mnist_root
+from flows.pipeline import layerwise_pipeline
+
+CELLS = {(labels, seed, init) for labels in (20, 50) for seed in (0, 1) for init in ("pretrained", "scratch")}
+
+
+def _cells(client, result):
+    runs = client.search_runs([result["experiment_id"]],
+                              f"tags.mlflow.parentRunId = '{result['parent_run_id']}' and tags.`layerwise.stage` = 'finetune'")
+    return {(int(r.data.tags["layerwise.labels"]), int(r.data.tags["layerwise.seed"]), r.data.tags["layerwise.init"]): r
+            for r in runs}
+
+
+def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, tracking, tmp_path):
+    result = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    cells = _cells(client, result)
+    assert set(cells) == CELLS
+    assert all(run.info.status == "FINISHED" and "test_error" in run.data.metrics for run in cells.values())
+    stages = client.search_runs([result["experiment_id"]],
+                                f"tags.mlflow.parentRunId = '{result['parent_run_id']}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
+    assert sorted(r.data.tags["layerwise.stage"] for r in stages) == ["pretrain-1", "pretrain-2"]  # trained once
+
+    parent = result["parent_run_id"]
+    assert sorted(a.path for a in client.list_artifacts(parent)) == ["ablation.png", "pipeline.yaml", "results.csv",
+                                                                    "summary.md"]
+    frame = pd.read_csv(client.download_artifacts(parent, "results.csv", str(tmp_path)))
+    assert len(frame) == 8 and set(frame["init"]) == {"pretrained", "scratch"}
+    by_run = {run.info.run_id: run.data.metrics["test_error"] for run in cells.values()}
+    assert all(by_run[row.run_id] == pytest.approx(row.test_error) for row in frame.itertuples())
+    summary = open(client.download_artifacts(parent, "summary.md", str(tmp_path))).read()
+    assert "| 20 |" in summary and "gain pretrained − scratch" in summary
+    metrics = client.get_run(parent).data.metrics
+    expected = frame[(frame["labels"] == 50) & (frame["init"] == "scratch")]["test_error"].mean()
+    assert metrics["mean_test_error/50/scratch"] == pytest.approx(expected)
+    assert "gain/20" in metrics
+
+    # nested label sets: for one seed the 20-label subset lies inside the 50-label one
+    import json
+
+    def subset(key):
+        folder = tmp_path / f"{key[2]}-{key[0]}-{key[1]}"
+        folder.mkdir(exist_ok=True)
+        return set(json.load(open(client.download_artifacts(cells[key].info.run_id, "label_subset.json", str(folder)))))
+
+    assert subset((20, 0, "pretrained")) < subset((50, 0, "pretrained"))
+    assert subset((20, 0, "pretrained")) == subset((20, 0, "scratch"))
+
+
+def test_a_second_run_trains_nothing_and_links_what_it_reuses(prefect_harness, tracking):
+    first = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
+    second = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
+    assert all(cell["trained_by"] != cell["run_id"] for cell in second["cells"])
+    assert {c["trained_by"] for c in second["cells"]} == {c["run_id"] for c in first["cells"]}
+    client = MlflowClient()
+    stages = client.search_runs([second["experiment_id"]],
+                                f"tags.mlflow.parentRunId = '{second['parent_run_id']}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
+    assert all(run.data.tags["layerwise.reused"] == "true" for run in stages)
+    assert [c["test_error"] for c in second["cells"]] == [c["test_error"] for c in first["cells"]]
