@@ -40,7 +40,8 @@ def _terminate(signum, frame):
 def cmd_list(args) -> int:
     for name, cfg in load_all(args.config).items():
         sizes = "-".join(map(str, cfg.sizes))
-        print(f"{name:<16} {sizes:<22} {cfg.finetune.init:<10} {cfg.description}")
+        what = f"{len(cfg.cells())} cells" if cfg.ablation else cfg.finetune.init
+        print(f"{name:<16} {sizes:<20} {what:<11} {cfg.description}")
     return EXIT_OK
 
 

@@ -56,6 +56,9 @@ Optimizer = Literal["sgd", "adam"]
 class Denoising(Strict):
     kind: Literal["mask", "gaussian"] = "mask"
     level: float = Field(..., gt=0, description="mask: fraction of inputs zeroed; gaussian: noise std")
+    rescale: bool = Field(False, description="mask only: scale the kept inputs by 1/(1 - level), so the "
+                                             "encoder trains on inputs as large on average as the clean "
+                                             "ones it will encode (as inverted dropout does)")
 
     @model_validator(mode="after")
     def _mask_below_one(self):
@@ -91,6 +94,9 @@ class TrainingConfig(Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the hidden layers while fine-tuning")
     input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
+    hidden_lr_scale: float = Field(1.0, gt=0, description="the hidden layers learn at lr * this; < 1 keeps "
+                                                           "pretrained features from being washed out")
+    head_epochs: int = Field(0, ge=0, description="epochs training only the output layer before all layers")
     min_steps: int = Field(0, ge=0, description="at least this many optimizer steps: small labelled sets "
                                                 "get more epochs")
     keep: Literal["best_val", "last"] = Field(

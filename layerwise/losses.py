@@ -21,10 +21,12 @@ def l1_penalty(code: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * code.abs().sum(dim=1).mean()
 
 
-def corrupt(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
-    """Denoising input: 'mask' zeroes each entry with probability level; 'gaussian' adds N(0, level^2)."""
+def corrupt(x: torch.Tensor, kind: str, level: float, rescale: bool = False) -> torch.Tensor:
+    """Denoising input: 'mask' zeroes each entry with probability level (and with rescale scales the
+    rest by 1 / (1 - level), keeping the expected input); 'gaussian' adds N(0, level^2)."""
     if kind == "mask":
-        return x * (torch.rand_like(x) >= level)
+        kept = x * (torch.rand_like(x) >= level)
+        return kept / (1.0 - level) if rescale else kept
     if kind == "gaussian":
         return x + level * torch.randn_like(x)
     raise ValueError(f"unknown corruption {kind!r}")

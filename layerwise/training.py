@@ -94,9 +94,9 @@ def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
 
 def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
                       batch_size: int, optimizer: str, lr: float, momentum: float = 0.9,
-                      weight_decay: float = 0.0, l1: float = 0.0, noise: Optional[tuple[str, float]] = None,
+                      weight_decay: float = 0.0, l1: float = 0.0, noise: Optional[tuple[str, float, bool]] = None,
                       seed: int = 0, stage: str = "pretrain", callback: Optional[Callback] = None) -> TrainResult:
-    """Minimise reconstruction loss + l1 * |code|_1; with noise=(kind, level) the encoder sees a
+    """Minimise reconstruction loss + l1 * |code|_1; with noise=(kind, level, rescale) the encoder sees a
     corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
     recon_loss (training, averaged over the epoch's batches), val_recon_loss, code_l1 and
     code_active_frac (validation, clean inputs)."""
@@ -147,54 +147,74 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict(model, x) == y).float().mean().item()
 
 
+def classifier_optimizer(model: Classifier, name: str, lr: float, momentum: float, weight_decay: float,
+                         hidden_lr_scale: float = 1.0, head_only: bool = False) -> torch.optim.Optimizer:
+    """The output layer learns at lr; the (pretrained) hidden layers at lr * hidden_lr_scale, so
+    fine-tuning can adjust the features without washing them out. head_only: output layer alone."""
+    groups = [{"params": list(model.output.parameters()), "lr": lr}]
+    if not head_only:
+        groups.insert(0, {"params": list(model.hidden.parameters()), "lr": lr * hidden_lr_scale})
+    return make_optimizer(groups, name, lr, momentum, weight_decay)
+
+
 def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                      y_val: torch.Tensor, *, epochs: int, batch_size: int, optimizer: str, lr: float,
                      momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
-                     keep: str = "best_val", seed: int = 0, stage: str = "finetune",
-                     callback: Optional[Callback] = None) -> TrainResult:
-    """Backprop through every layer on the labelled subset. keep='best_val' restores the weights of
+                     keep: str = "best_val", hidden_lr_scale: float = 1.0, head_epochs: int = 0, seed: int = 0,
+                     stage: str = "finetune", callback: Optional[Callback] = None) -> TrainResult:
+    """Backprop on the labelled subset: first head_epochs with only the output layer learning (the
+    hidden layers fixed), then `epochs` through every layer. keep='best_val' restores the weights of
     the epoch with the best validation accuracy; keep='last' keeps the final weights (validation is
     then only reported). Model selection never sees the test set."""
     if keep not in ("best_val", "last"):
         raise ValueError(f"keep must be 'best_val' or 'last', got {keep!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine" else None
+    total = head_epochs + epochs
     result, started = TrainResult(), time.perf_counter()
     best_acc, best_state = -1.0, None
     # selection needs every epoch scored; with keep='last' validation is only reported, and scoring
     # 10,000 images after each of hundreds of one-batch epochs would cost more than the training
-    val_every = 1 if keep == "best_val" else max(1, epochs // 50)
+    val_every = 1 if keep == "best_val" else max(1, total // 50)
+    hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
     model.train()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros(())
-        hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
-        for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-            if step % CHECK_EVERY == 0:
-                _check_finite(loss_sum.item(), stage, epoch, hint)
-        if sched:
-            sched.step()
-        train_loss = loss_sum.item() / len(x_train)
-        _check_finite(train_loss, stage, epoch, hint)
-        metrics = {"train_loss": train_loss}
-        if epoch % val_every == 0 or epoch == epochs:
-            metrics["val_accuracy"] = val_acc = accuracy(model, x_val, y_val)
-            if val_acc > best_acc:
-                best_acc, best_state, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
-        report = EpochReport(stage, epoch, epochs, metrics, time.perf_counter() - t0)
-        result.history.append(report)
-        if callback:
-            callback(report)
+    epoch = 0
+    for phase_epochs, head_only in ((head_epochs, True), (epochs, False)):
+        if not phase_epochs:
+            continue
+        model.hidden.requires_grad_(not head_only)
+        opt = classifier_optimizer(model, optimizer, lr, momentum, weight_decay, hidden_lr_scale, head_only)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase_epochs)
+                 if schedule == "cosine" and not head_only else None)
+        for _ in range(phase_epochs):
+            epoch += 1
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros(())
+            for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * len(idx)
+                if step % CHECK_EVERY == 0:
+                    _check_finite(loss_sum.item(), stage, epoch, hint)
+            if sched:
+                sched.step()
+            train_loss = loss_sum.item() / len(x_train)
+            _check_finite(train_loss, stage, epoch, hint)
+            metrics = {"train_loss": train_loss}
+            if epoch % val_every == 0 or epoch == total:
+                metrics["val_accuracy"] = val_acc = accuracy(model, x_val, y_val)
+                if val_acc > best_acc:
+                    best_acc, best_state, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
+            report = EpochReport(stage, epoch, total, metrics, time.perf_counter() - t0)
+            result.history.append(report)
+            if callback:
+                callback(report)
+    model.hidden.requires_grad_(True)
     if keep == "best_val":
         model.load_state_dict(best_state)
     else:
-        result.best_epoch = epochs
+        result.best_epoch = total
     result.seconds = time.perf_counter() - started
     return result

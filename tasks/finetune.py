@@ -79,6 +79,7 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
             model, inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"],
             epochs=ft.epochs_for(n_labels), batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr,
             momentum=ft.momentum, weight_decay=ft.weight_decay, schedule=ft.schedule, keep=ft.keep,
+            hidden_lr_scale=ft.hidden_lr_scale, head_epochs=ft.head_epochs,
             seed=ft.seed, stage=f"{STAGE} {cell_name}", callback=epoch_reporter(mlf, run_id))
         test_accuracy = accuracy(model, inputs["test"], labels["test"])
         metrics = {"test_accuracy": test_accuracy, "test_error": 100.0 * (1.0 - test_accuracy),

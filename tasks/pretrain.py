@@ -63,7 +63,7 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
             result = train_autoencoder(
                 model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                 optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                l1=cfg.l1, noise=(cfg.denoising.kind, cfg.denoising.level) if cfg.denoising else None,
+                l1=cfg.l1, noise=cfg.denoising and (cfg.denoising.kind, cfg.denoising.level, cfg.denoising.rescale),
                 seed=seed * 100 + index, stage=stage, callback=epoch_reporter(mlf, run_id))
             local = save_stage(Path(workdir) / stage / f"{stage}.pt", model, resolved)
             mlf.log_artifact(run_id, str(local))

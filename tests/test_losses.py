@@ -47,3 +47,13 @@ def test_gaussian_noise_has_the_given_std():
     torch.manual_seed(0)
     x = torch.zeros(400, 100)
     assert abs(corrupt(x, "gaussian", 0.5).std().item() - 0.5) < 0.01
+
+
+def test_rescaled_masking_keeps_the_expected_input():
+    from layerwise.losses import corrupt
+
+    torch.manual_seed(0)
+    x = torch.full((500, 200), 0.4)
+    noisy = corrupt(x, "mask", 0.5, rescale=True)
+    assert torch.allclose(noisy.unique(), torch.tensor([0.0, 0.8]))
+    assert abs(noisy.mean().item() - 0.4) < 0.01

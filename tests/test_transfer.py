@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from layerwise.encode import encode
@@ -93,3 +94,27 @@ def test_a_seeded_stage_reproduces_bit_for_bit():
                           noise=("mask", 0.2), seed=3)
         weights.append(ae.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_head_epochs_train_the_output_layer_alone_first():
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
+    clf = scratch_classifier([12, 8], ["sigmoid"], 3, 0.0, seed=0)
+    hidden_before = clf.hidden[0][0].weight.clone()
+    output_before = clf.output.weight.clone()
+    train_classifier(clf, x, y, x, y, epochs=0, head_epochs=3, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    assert torch.equal(clf.hidden[0][0].weight, hidden_before)
+    assert not torch.equal(clf.output.weight, output_before)
+    assert all(p.requires_grad for p in clf.parameters())  # unfrozen again afterwards
+    train_classifier(clf, x, y, x, y, epochs=1, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    assert not torch.equal(clf.hidden[0][0].weight, hidden_before)
+
+
+def test_hidden_layers_learn_at_a_scaled_rate():
+    from layerwise.training import classifier_optimizer
+
+    clf = scratch_classifier([12, 8, 6], ["sigmoid", "sigmoid"], 3, 0.0, seed=0)
+    opt = classifier_optimizer(clf, "sgd", 0.2, 0.9, 0.0, hidden_lr_scale=0.1)
+    hidden, output = opt.param_groups
+    assert hidden["lr"] == pytest.approx(0.02) and output["lr"] == 0.2
+    assert len(hidden["params"]) == 4 and len(output["params"]) == 2
