@@ -9,7 +9,12 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export MNIST_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install run test bench clean ui
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+# serve talks to the server `make server` starts unless PREFECT_API_URL already points elsewhere
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
+.PHONY: install run test bench clean ui server serve mlflow-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,8 +30,25 @@ run: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Not part of make test: speed, overhead, reuse, memory, scaling (about 15 min on 2 cores).
+bench: install
+	$(PY) -m benchmarks.run $(ARGS)
+
 clean:
 	rm -rf .layerwise
+
+# Scheduled mode: a Prefect server (database under .prefect/) and, beside it, `make serve`.
+server: install
+	PREFECT_HOME=$(abspath .prefect) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off
+
+serve: install
+	PREFECT_API_URL=$(PREFECT_API_URL) $(VENV)/bin/layerwise serve $(ARGS)
+
+# Team mode: one MLflow server over the same store; point runs at it with
+# MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT)
+mlflow-server: install
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+		--backend-store-uri sqlite:///$(abspath mlruns/mlflow.db) --artifacts-destination $(abspath mlruns/artifacts)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns/mlflow.db)

@@ -1,4 +1,4 @@
-"""layerwise run NAME | list | validate. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
+"""layerwise run NAME | list | validate | serve. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", default=str(DEFAULT_CONFIG))
     validate = sub.add_parser("validate", help="validate every pipeline in the file")
     validate.add_argument("--config", default=str(DEFAULT_CONFIG))
+    serving = sub.add_parser("serve", help="serve every pipeline as a Prefect deployment (schedules from "
+                                           "`schedule:`); needs PREFECT_API_URL (make server)")
+    serving.add_argument("--config", default=str(DEFAULT_CONFIG))
     return parser
 
 
@@ -70,6 +73,19 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args) -> int:
+    pipelines = load_all(args.config)
+    from flows.serve import ServeError, serve_pipelines
+
+    try:
+        serve_pipelines(pipelines, args.config)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("serve stopped: the schedules are paused until the next `layerwise serve`", flush=True)
+    return EXIT_OK
+
+
 def summary(result: dict, uri: str, wall: float) -> str:
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     if "markdown" in result:
@@ -85,8 +101,9 @@ def summary(result: dict, uri: str, wall: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate}
+    if args.command != "serve":  # Prefect's runner handles SIGTERM itself: it pauses the schedules
+        signal.signal(signal.SIGTERM, _terminate)
+    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve}
     try:
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:

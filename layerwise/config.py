@@ -7,11 +7,12 @@ print it and exit 2 before any data is read or any MLflow run exists.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from layerwise.paths import DEFAULT_CONFIG
 
@@ -171,6 +172,31 @@ class AblationConfig(Strict):
         return self
 
 
+class ScheduleConfig(Strict):
+    """When `layerwise serve` runs the pipeline as a Prefect deployment."""
+    cron: str = Field(..., description="cron string, e.g. '0 2 * * *' (02:00 every day)")
+    timezone: str = Field("UTC", description="IANA zone the cron is read in, e.g. Europe/Berlin")
+    parameters: dict[str, Any] = Field(default_factory=dict,
+                                       description="dotted.key: value overrides for scheduled runs, like --set")
+    concurrency_limit: int = Field(1, ge=1, description="runs of this pipeline at once (1: never overlap)")
+
+    @field_validator("cron", "timezone")
+    @classmethod
+    def _prefect_accepts(cls, value: str, info):
+        # Prefect's own schedule model is the judge of cron and timezone strings
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(**{"cron": "0 0 * * *", info.field_name: value})
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return value
+
+    def overrides(self) -> list[str]:
+        """The parameters as --set strings (values as JSON, which YAML reads back unchanged)."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.parameters.items()]
+
+
 class PipelineConfig(Strict):
     description: str = ""
     seed: int = Field(0, description="seed of pretraining (weights init and batch order)")
@@ -178,6 +204,7 @@ class PipelineConfig(Strict):
     layers: list[LayerConfig] = Field(..., min_length=1)
     finetune: FinetuneConfig
     ablation: Optional[AblationConfig] = None
+    schedule: Optional[ScheduleConfig] = None
 
     @model_validator(mode="after")
     def _resolve(self):
@@ -369,9 +396,18 @@ def _index(node: list, part: str, dotted: str, where: str) -> int:
 
 def validate_pipeline(name: str, raw: dict, source: str = "pipelines.yaml") -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: pipeline '{name}': {_describe_errors(exc.errors(), PipelineConfig)}") from None
+    if cfg.schedule and cfg.schedule.parameters:
+        # a scheduled run must not be the first to find out that its overrides are invalid
+        where = f"{source}: pipeline '{name}' schedule.parameters"
+        scheduled = {key: value for key, value in raw.items() if key != "schedule"}
+        try:
+            PipelineConfig.model_validate(apply_overrides(scheduled, cfg.schedule.overrides(), where))
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_describe_errors(exc.errors(), PipelineConfig)}") from None
+    return cfg
 
 
 def load_pipeline(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> PipelineConfig:

@@ -64,7 +64,8 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
                 model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                 optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 l1=cfg.l1, noise=cfg.denoising and (cfg.denoising.kind, cfg.denoising.level, cfg.denoising.rescale),
-                seed=seed * 100 + index, stage=stage, callback=epoch_reporter(mlf, run_id))
+                seed=seed * 100 + index, stage=stage, settings=f"layers.{index - 1}",
+                callback=epoch_reporter(mlf, run_id))
             local = save_stage(Path(workdir) / stage / f"{stage}.pt", model, resolved)
             mlf.log_artifact(run_id, str(local))
             weights = stage_store().put(cache_key, {local.name: local}, {

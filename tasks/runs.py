@@ -1,6 +1,7 @@
 """The parent MLflow run of one pipeline execution."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import yaml
 from prefect import task
 
 from layerwise.config import PipelineConfig, flatten
+from layerwise.paths import work_root
 from tasks import tracking
+from tasks.logs import run_logger
 
 
 def run_title(pipeline: str, cfg: PipelineConfig) -> str:
@@ -17,12 +20,24 @@ def run_title(pipeline: str, cfg: PipelineConfig) -> str:
     return f"{pipeline} · {ft.init} · {labels} · seed {ft.seed}"
 
 
+def remove_scratch(run_ids: list[str]) -> None:
+    """The per-run scratch folders (codes, splits) that killed runs could not clean up."""
+    for run_id in run_ids:
+        for folder in (work_root() / "runs").glob(f"{run_id}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @task(name="open-pipeline-run", retries=2, retry_delay_seconds=2)
 def open_pipeline_run(pipeline: str, config: dict, flow_run_id: str | None = None) -> dict[str, str]:
     """Creates the experiment (if new) and the parent run; logs the resolved config as YAML."""
     cfg = PipelineConfig.model_validate(config)
     mlf = tracking.client()
     experiment_id = tracking.ensure_experiment(mlf, pipeline)
+    stale = tracking.mark_stale_runs(mlf, experiment_id)
+    if stale:
+        run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
+                             f"{', '.join(stale)}")
+        remove_scratch(stale)
     tags = {tracking.PIPELINE_TAG: pipeline, "layerwise.init": cfg.finetune.init}
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id

@@ -6,12 +6,15 @@ tagged layerwise.pipeline, one nested child run per stage tagged layerwise.stage
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import unquote
 
 import mlflow
+import psutil
 import requests
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -22,6 +25,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # opens the UI on training runs, 
 PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_TAG = "layerwise.pipeline"
 STAGE_TAG = "layerwise.stage"
+PROCESS_TAG = "layerwise.process"  # host:pid:start-time of the process that owns a run
 MAX_PARAMS_PER_CALL = 100
 
 
@@ -55,6 +59,23 @@ def client() -> MlflowClient:
     return MlflowClient(uri)
 
 
+@contextlib.contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """MLflow creates a new sqlite store's tables on first use; two processes doing it at once
+    collide ('duplicate column name'), so the first use of a sqlite store is serialised."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_store() -> str:
     """Fail fast with a clear message when the store is unusable (no hour of compute lost to a
     logging failure at the end). A server gets a quick health probe before MLflow's own retries."""
@@ -62,7 +83,8 @@ def check_store() -> str:
     try:
         if uri.startswith(("http://", "https://")):
             requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
-        client().search_experiments(max_results=1)
+        with store_setup_lock(uri):
+            client().search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the store can't be used
         first_line = (str(exc).splitlines() or [""])[0]
         raise TrackingError(f"MLflow tracking store {uri} is not usable ({type(exc).__name__}: {first_line}). "
@@ -86,9 +108,43 @@ def ensure_experiment(mlf: MlflowClient, name: str) -> str:
         return mlf.get_experiment_by_name(name).experiment_id
 
 
+def this_process() -> str:
+    return process_id(psutil.Process())
+
+
+def process_id(proc: psutil.Process) -> str:
+    # the start time tells a reused pid from the process that opened the run
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.0f}"
+
+
+def process_alive(identity: str) -> bool:
+    """False only when the process is known to be gone: on this host, and its pid dead or reused."""
+    host, _, rest = identity.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's run: cannot tell, leave it alone
+    try:
+        return process_id(psutil.Process(int(pid))) == identity
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # exists but not ours to inspect
+
+
+def mark_stale_runs(mlf: MlflowClient, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process that died without ending them (SIGKILL, power loss) end
+    KILLED, so the UI never shows a dead run as still going."""
+    stale = [run.info.run_id for run in mlf.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                                           max_results=1000)
+             if PROCESS_TAG in run.data.tags and not process_alive(run.data.tags[PROCESS_TAG])]
+    for run_id in stale:
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return stale
+
+
 def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
               parent_run_id: Optional[str] = None) -> str:
-    tags = dict(tags)
+    tags = {**tags, PROCESS_TAG: this_process()}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     return mlf.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

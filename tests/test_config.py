@@ -56,6 +56,15 @@ BAD = {
     "labels and fraction": (lambda p: p["finetune"].update(label_fraction=0.5), r"finetune: give either labels or label_fraction"),
     "missing key": (lambda p: p.pop("layers"), r"layers: required key is missing"),
     "val larger than pool": (lambda p: p["data"].update(val_size=600), r"data: val_size \(600\) must be smaller"),
+    "bad cron": (lambda p: p.update(schedule={"cron": "0 2 * *"}), r"schedule\.cron: Invalid cron string"),
+    "bad timezone": (lambda p: p.update(schedule={"cron": "0 2 * * *", "timezone": "Mars/Base"}),
+                     r"schedule\.timezone: Invalid timezone"),
+    "unknown schedule key": (lambda p: p.update(schedule={"cron": "0 2 * * *", "every": 3}),
+                             r"schedule\.every: unknown key \(allowed: cron, timezone, parameters, concurrency_limit\)"),
+    "concurrency below one": (lambda p: p.update(schedule={"cron": "0 2 * * *", "concurrency_limit": 0}),
+                              r"schedule\.concurrency_limit: .*greater than or equal to 1"),
+    "bad scheduled override": (lambda p: p.update(schedule={"cron": "0 2 * * *", "parameters": {"finetune.labels": 9999}}),
+                               r"'tiny' schedule\.parameters: finetune\.labels is 9999"),
 }
 
 
@@ -128,3 +137,13 @@ def test_scratch_block_is_validated_like_the_rest(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "finetune.scratch.lrr: unknown key (allowed: epochs, optimizer, lr" in err
     assert "finetune.scratch.lr: Input should be greater than 0" in err
+
+
+def test_schedule_parameters_become_set_overrides(tmp_path):
+    pipeline = mutate(lambda p: p.update(schedule={"cron": "0 2 * * 1", "timezone": "Europe/Berlin",
+                                                   "parameters": {"finetune.labels": 50, "layers.0.l1": 0.1}}))
+    cfg = load_pipeline("tiny", write(tmp_path, pipeline))
+    assert cfg.schedule.concurrency_limit == 1
+    assert cfg.schedule.overrides() == ["finetune.labels=50", "layers.0.l1=0.1"]
+    scheduled = load_pipeline("tiny", write(tmp_path, pipeline), cfg.schedule.overrides())
+    assert scheduled.n_labels() == 50 and scheduled.layers[0].l1 == 0.1

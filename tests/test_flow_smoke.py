@@ -2,6 +2,7 @@
 import asyncio
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -107,3 +108,21 @@ def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(pr
         assert reused[stage].data.tags["layerwise.reused"] == "true"
         assert reused[stage].data.tags["layerwise.pretrain_run_id"] == trained[stage].info.run_id
     assert reused["finetune"].data.tags["layerwise.seed"] == "1"
+
+
+def test_a_diverging_pretraining_stage_stops_naming_its_settings_and_keeps_earlier_stages(prefect_harness, tracking,
+                                                                                             tmp_path):
+    from layerwise.training import DivergedError
+
+    bad = ["layers.1.activation=relu", "layers.1.loss=mse", "layers.1.optimizer=sgd", "layers.1.lr=1e6"]
+    with pytest.raises(DivergedError, match=r"stage pretrain-2: loss became (nan|inf) in epoch 1; look at "
+                                            r"layers\.1\.lr \(1000000\.0\), layers\.1\.l1"):
+        layerwise_pipeline("smoke", bad, mnist_root=str(mnist_root()))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("smoke")
+    [parent] = _parents(client, experiment.experiment_id, "FAILED")
+    children = _children(client, parent.info.run_id, experiment.experiment_id)
+    assert {stage: run.info.status for stage, run in children.items()} == {"pretrain-1": "FINISHED",
+                                                                           "pretrain-2": "FAILED"}
+    weights = client.download_artifacts(children["pretrain-1"].info.run_id, "pretrain-1.pt", str(tmp_path))
+    assert torch.load(weights, weights_only=True)["encoder"]["0.weight"].shape == (1000, 784)

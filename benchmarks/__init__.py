@@ -1,0 +1,1 @@
+"""`make bench`: speed, overhead, reuse, memory and scaling of the pipeline on this machine."""

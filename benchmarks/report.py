@@ -1,0 +1,85 @@
+"""The benchmark results as a markdown report: one table of targets, then the details."""
+from __future__ import annotations
+
+GIB_MB = 1024.0
+LABELS = {
+    "prefect_api_start": "Prefect API start (temporary server)",
+    "prefect_bookkeeping_and_glue": "Prefect task bookkeeping and glue",
+    "mlflow_logging": "MLflow logging (runs, params, metrics, artifacts, model)",
+    "data_loading": "data loading (MD5 check, MNIST decode, split)",
+    "encoding": "encoding each split once per stage",
+    "intermediate_files": "intermediate files (inputs, codes, weights)",
+    "cache_lookup": "stage/cell store lookups",
+    "cache_store": "stage/cell store writes",
+}
+
+
+def _row(what: str, measured: str, target: str, ok) -> str:
+    mark = "—" if ok is None else ("met" if ok else "**missed**")
+    return f"| {what} | {measured} | {target} | {mark} |"
+
+
+def targets(r: dict) -> list[str]:
+    rows = ["| measure | measured | target | |", "|---|---|---|---|"]
+    k = r["kernels"]
+    rows.append(_row(f"fp32 matmul peak ({k['threads']} threads)", f"{k['matmul_peak_gflops']:.0f} GFLOP/s", "", None))
+    for stage in k["stages"]:
+        main = stage["stage"] in ("784->1000", "1000->1000")
+        rows.append(_row(f"stage {stage['stage']} achieved / peak (batch {k['batch_size']})",
+                         f"{stage['gflops']:.0f} GFLOP/s = {stage['fraction_of_peak']:.2f}",
+                         "≥ 0.6" if main else "", stage["fraction_of_peak"] >= 0.6 if main else None))
+    for stage in k["stages"]:
+        rows.append(_row(f"stage {stage['stage']} epoch: project loop / bare loop",
+                         f"{stage['epoch_seconds']:.2f} s / {stage['bare_epoch_seconds']:.2f} s = "
+                         f"{stage['overhead_ratio']:.3f}", "≤ 1.10", stage["overhead_ratio"] <= 1.10))
+    o = r["orchestration"]
+    rows.append(_row("quickstart: everything but compute / wall",
+                     f"{o['wall_seconds'] - o['compute_seconds']:.1f} s / {o['wall_seconds']:.1f} s = "
+                     f"{o['non_compute_fraction']:.3f}", "≤ 0.10", o["non_compute_fraction"] <= 0.10))
+    u = r["reuse"]
+    rows.append(_row("second quickstart: pretraining time / first run's",
+                     f"{u['second_pretraining_seconds']:.2f} s / {u['first_pretraining_seconds']:.1f} s = "
+                     f"{u['pretraining_fraction']:.4f}", "≤ 0.05", u["pretraining_fraction"] <= 0.05))
+    rows.append(_row("second quickstart: wall / first run's", f"{u['wall_fraction']:.2f}", "", None))
+    g = u["grid"]
+    rows.append(_row(f"{g['cells']}-cell grid after quickstart: (pretrain once + grid wall) / (pretrain once + "
+                     f"Σ fine-tunes)", f"{g['grid_vs_pretrain_once_plus_fine_tunes']:.2f} "
+                     f"(grid pretraining {g['grid_pretraining_seconds']:.2f} s)", "", None))
+    m = r["memory"]
+    for name, key in (("quickstart", "quickstart_peak_rss_mb"), ("label-ablation", "label_ablation_peak_rss_mb")):
+        rows.append(_row(f"peak RSS, {name}", f"{m[key] / GIB_MB:.2f} GiB", "≤ 3 GiB", m[key] <= 3 * GIB_MB))
+    rows.append(_row("peak RSS growth with training images", f"{m['mb_per_10k_images']:.0f} MB per 10k images "
+                     f"(linear fit R² {m['fit_r2']:.3f})", "linear", m["fit_r2"] >= 0.95))
+    return rows
+
+
+def details(r: dict) -> list[str]:
+    o = r["orchestration"]
+    lines = ["", f"### Where quickstart's {o['wall_seconds']:.1f} s go", "", "| part | seconds | share |", "|---|---|---|"]
+    parts = sorted(o["parts"].items(), key=lambda kv: (not kv[0].startswith("compute:"), -kv[1]))
+    for name, seconds in parts:
+        label = f"compute: {name.split(':', 1)[1]}" if name.startswith("compute:") else LABELS.get(name, name)
+        lines.append(f"| {label} | {seconds:.2f} | {seconds / o['wall_seconds']:.1%} |")
+    lines.append(f"| (before the flow: Python imports, not in the wall above) | {o['import_seconds']:.2f} | |")
+    s = r["scaling"]
+    lines += ["", "### Scaling (784→1000 stage, one epoch, validation included)", "",
+              "| images | epoch s | µs / image |", "|---|---|---|"]
+    lines += [f"| {row['images']} | {row['epoch_seconds']:.2f} | {row['us_per_image']:.1f} |" for row in s["by_size"]]
+    lines += ["", "| batch size | epoch s | GFLOP/s |", "|---|---|---|"]
+    lines += [f"| {row['batch_size']} | {row['epoch_seconds']:.2f} | {row['gflops']:.0f} |" for row in s["by_batch"]]
+    lines += ["", "| ablation workers × torch threads | 4-cell grid wall s |", "|---|---|"]
+    lines += [f"| {row['workers']} × {row['threads_per_worker']} | {row['wall_seconds']:.1f} |"
+              for row in s["ablation_workers"]]
+    m = r["memory"]
+    lines += ["", "### Peak RSS against training images (1 epoch per stage)", "", "| images | peak RSS MB |",
+              "|---|---|"]
+    lines += [f"| {row['images']} | {row['peak_rss_mb']:.0f} |" for row in m["by_images"]]
+    return lines
+
+
+def markdown(r: dict) -> str:
+    machine = r["machine"]
+    head = [f"## layerwise benchmarks — {machine['cpus']} CPU cores, {'a GPU' if machine['gpu'] else 'no GPU'}, "
+            f"torch {machine['torch']}{' (quick mode)' if r.get('quick') else ''}",
+            f"Run {r['started']}, {r['bench_seconds'] / 60:.1f} min.", ""]
+    return "\n".join(head + targets(r) + details(r)) + "\n"

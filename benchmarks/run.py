@@ -1,0 +1,162 @@
+"""`make bench`: every figure is a ratio measured side by side in this one run, so it holds on a
+noisy machine. Writes benchmarks/results/latest.json and latest.md and prints the table."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import kernels
+from benchmarks.report import markdown
+from layerwise.config import load_pipeline
+from layerwise.data import load_mnist
+from layerwise.paths import PROJECT_ROOT, data_root
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+SMALL_GRID = ["--set", "ablation={labels: [100, 1000], seeds: [0], inits: [pretrained, scratch]}",
+              "--set", "finetune.epochs=1", "--set", "finetune.min_steps=400", "--set", "finetune.keep=last"]
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def pipeline_run(name: str, overrides: list[str], workdir: Path, store: Path, label: str) -> dict:
+    """The pipeline in a fresh, instrumented process (its own peak RSS), against a scratch store."""
+    out = workdir.parent / f"{label}.json"
+    env = {**os.environ, "LAYERWISE_WORKDIR": str(workdir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+    log(f"- {label}: layerwise run {name} {' '.join(overrides)}")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "benchmarks.pipeline_run", name, *overrides, "--out", str(out)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{label} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["process_seconds"] = time.perf_counter() - started
+    log(f"  wall {result['wall_seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB")
+    return result
+
+
+def orchestration(run: dict) -> dict:
+    """Split of one run's wall time: compute (training and evaluation) against everything else."""
+    seconds = run["seconds"]
+    compute = sum(v for k, v in seconds.items() if k.startswith("compute:"))
+    return {"wall_seconds": run["wall_seconds"], "compute_seconds": compute,
+            "non_compute_fraction": 1 - compute / run["wall_seconds"], "parts": seconds,
+            "import_seconds": run["import_seconds"]}
+
+
+def pretraining_seconds(run: dict) -> float:
+    """Training the autoencoders, or finding them in the stage store."""
+    return sum(v for k, v in run["seconds"].items() if k.startswith("compute:pretrain")) + \
+        run["seconds"].get("cache_lookup", 0.0)
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - (intercept + slope * x)) ** 2 for x, y in zip(xs, ys))
+    return {"slope": slope, "intercept": intercept, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+    quick_cfg = load_pipeline("quickstart")
+    layer = quick_cfg.layers[0]
+    results: dict = {"machine": {"cpus": threads, "gpu": torch.cuda.is_available(), "torch": torch.__version__,
+                                 "processor": platform.processor() or platform.machine()},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        log(f"== kernels ({threads} threads, batch {layer.batch_size}, the quickstart stack)")
+        mnist = load_mnist(data_root(), None, quick_cfg.data.val_size, 0)
+        x, xv = (mnist.x_train[:10000], mnist.x_val[:2000]) if args.quick else (mnist.x_train, mnist.x_val)
+        stages = [(lc.input, lc.size) for lc in quick_cfg.layers]
+        results["kernels"] = kernels.run(x, xv, threads, stages, layer.batch_size, layer.l1,
+                                         repeats=1 if args.quick else 2, log=log)
+        log("== scaling: epoch time against images and batch size (784->1000)")
+        sizes = [2500, 5000, 10000] if args.quick else [10000, 25000, 50000]
+        results["scaling"] = kernels.scaling(x, xv, threads, sizes, [64, 128, 256, 512, 1024], layer.batch_size,
+                                             layer.l1, log=log)
+        del mnist, x, xv
+
+        log("== quickstart twice (the second reuses the stack)")
+        work, store = scratch / "work", scratch / "mlruns"
+        shrink = ["--set", "data.train_size=20000", "--set", "finetune.epochs=2"] if args.quick else []
+        first = pipeline_run("quickstart", shrink, work, store, "quickstart-1")
+        second = pipeline_run("quickstart", shrink, work, store, "quickstart-2")
+        results["orchestration"] = orchestration(first)
+        results["reuse"] = {
+            "first_pretraining_seconds": pretraining_seconds(first),
+            "second_pretraining_seconds": pretraining_seconds(second),
+            "pretraining_fraction": pretraining_seconds(second) / pretraining_seconds(first),
+            "wall_fraction": second["wall_seconds"] / first["wall_seconds"],
+            "second_run_parts": second["seconds"]}
+
+        log("== a 4-cell grid over the quickstart stack, 2 workers then 1 (cells cleared in between)")
+        grids = {}
+        for workers in (2, 1):
+            shutil.rmtree(work / "cells", ignore_errors=True)
+            grids[workers] = pipeline_run("quickstart", shrink + SMALL_GRID + ["--set", f"ablation.workers={workers}"],
+                                          work, store, f"grid-{workers}-workers")
+        cells = grids[2]["result"]["cells"]
+        fine_tunes = sum(c["train_seconds"] for c in cells)
+        results["reuse"]["grid"] = {
+            "cells": len(cells), "pretraining_once_seconds": pretraining_seconds(first),
+            "grid_pretraining_seconds": pretraining_seconds(grids[2]),
+            "fine_tune_seconds_sum": fine_tunes, "grid_wall_seconds": grids[2]["wall_seconds"],
+            "grid_vs_pretrain_once_plus_fine_tunes": (pretraining_seconds(first) + grids[2]["wall_seconds"]) /
+                                                     (pretraining_seconds(first) + fine_tunes)}
+        results["scaling"]["ablation_workers"] = [
+            {"workers": w, "threads_per_worker": max(1, threads // w), "wall_seconds": grids[w]["wall_seconds"]}
+            for w in (1, 2)]
+
+        log("== memory: peak RSS against training images (1 epoch per stage)")
+        memory = []
+        for n in ([6000, 12000, 20000] if args.quick else [10000, 30000, 60000]):
+            run = pipeline_run("quickstart", ["--set", f"data.train_size={n}", "--set", "data.val_size=2000",
+                                              "--set", "finetune.epochs=1"] +
+                               [f"--set=layers.{i}.epochs=1" for i in range(3)],
+                               scratch / f"mem-{n}", store, f"memory-{n}")
+            memory.append({"images": n, "peak_rss_mb": run["peak_rss_mb"]})
+        fit = linear_fit([m["images"] / 10000 for m in memory], [m["peak_rss_mb"] for m in memory])
+        ablation = pipeline_run("label-ablation", [f"--set=layers.{i}.epochs=1" for i in range(3)] +
+                                ["--set", "finetune.min_steps=200", "--set", "ablation.seeds=[0]"],
+                                scratch / "ablation", store, "label-ablation-memory")
+        results["memory"] = {"quickstart_peak_rss_mb": first["peak_rss_mb"],
+                             "label_ablation_peak_rss_mb": ablation["peak_rss_mb"],
+                             "label_ablation_cells": len(ablation["result"]["cells"]),
+                             "by_images": memory, "mb_per_10k_images": fit["slope"], "fit_r2": fit["r2"]}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results["bench_seconds"] = time.perf_counter() - started
+    results["quick"] = args.quick
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    report = markdown(results)
+    (RESULTS / f"{name}.md").write_text(report)
+    log("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
