@@ -62,6 +62,9 @@ def cmd_run(args) -> int:
 
     uri = check_store()
     from flows.pipeline import layerwise_pipeline
+    from flows.prefect_api import start_temporary_api
+
+    start_temporary_api()
 
     what = (f"{len(cfg.cells())} fine-tune cells" if cfg.ablation
             else f"{cfg.finetune.init}, {cfg.n_labels()} labels")

@@ -6,7 +6,6 @@ tagged layerwise.pipeline, one nested child run per stage tagged layerwise.stage
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import socket
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import requests
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from layerwise.locks import file_lock
 from layerwise.paths import default_tracking_uri
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # opens the UI on training runs, not the GenAI overview
@@ -64,16 +64,8 @@ def store_setup_lock(uri: str) -> Iterator[None]:
     """MLflow creates a new sqlite store's tables on first use; two processes doing it at once
     collide ('duplicate column name'), so the first use of a sqlite store is serialised."""
     db = sqlite_path(uri)
-    if db is None:
+    with file_lock(db.with_name(db.name + ".lock")) if db else contextlib.nullcontext():
         yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_store() -> str:
