@@ -47,10 +47,14 @@ def pipeline_run(name: str, overrides: list[str], workdir: Path, store: Path, la
     return result
 
 
+COMPUTE = ("compute:", "encoding")  # the model's math: training, evaluation, encoding the splits
+
+
 def orchestration(run: dict) -> dict:
-    """Split of one run's wall time: compute (training and evaluation) against everything else."""
+    """Split of one run's wall time: compute (the model's math) against everything else (data
+    loading, intermediate files, MLflow, Prefect)."""
     seconds = run["seconds"]
-    compute = sum(v for k, v in seconds.items() if k.startswith("compute:"))
+    compute = sum(v for k, v in seconds.items() if k.startswith(COMPUTE))
     return {"wall_seconds": run["wall_seconds"], "compute_seconds": compute,
             "non_compute_fraction": 1 - compute / run["wall_seconds"], "parts": seconds,
             "import_seconds": run["import_seconds"]}
@@ -92,6 +96,10 @@ def main() -> int:
         stages = [(lc.input, lc.size) for lc in quick_cfg.layers]
         results["kernels"] = kernels.run(x, xv, threads, stages, layer.batch_size, layer.l1,
                                          repeats=1 if args.quick else 2, log=log)
+        results["kernels"]["step_profile"] = kernels.step_profile(784, 1000, layer.batch_size, layer.l1, threads)
+        for name, prof in results["kernels"]["step_profile"].items():
+            log(f"  784->1000 step, {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in prof["ms_per_step"].items())
+                + f"; {prof['gflops']:.0f} GFLOP/s")
         log("== scaling: epoch time against images and batch size (784->1000)")
         sizes = [2500, 5000, 10000] if args.quick else [10000, 25000, 50000]
         results["scaling"] = kernels.scaling(x, xv, threads, sizes, [64, 128, 256, 512, 1024], layer.batch_size,

@@ -92,6 +92,7 @@ def test_serve_deploys_schedules_and_runs_on_demand(tracking, tmp_path):
             assert [s.schedule.cron for s in deployments["smoke"].schedules] == ["15 1 * * *"]
         finally:
             serve.stop(signal.SIGINT)
+        assert all(d.paused for d in _deployments(client).values()), "Ctrl-C pauses the schedules too"
 
 
 def test_serve_refuses_an_invalid_file_like_validate(tmp_path):
