@@ -75,6 +75,9 @@ class LayerConfig(Strict):
     loss: Literal["auto", "bce", "mse"] = Field(
         "auto", description="reconstruction loss; auto = bce when the layer's input lies in [0, 1]")
     l1: float = Field(0.0, ge=0, description="weight of the L1 penalty on the code (sum over units, mean over batch)")
+    l2: float = Field(0.0, ge=0, description="weight of the squared-L2 penalty on the code (keeps it near 0)")
+    contractive: float = Field(0.0, ge=0, description="weight of ||dcode/dinput||_F^2 (contractive autoencoder)")
+    tied: bool = Field(False, description="decoder = the encoder's weight transposed (half the weights)")
     denoising: Optional[Denoising] = Field(None, description="corrupt the input, reconstruct the clean one")
     epochs: int = Field(..., ge=1)
     optimizer: Optimizer = "adam"

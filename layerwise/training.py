@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.losses import corrupt, l1_penalty, reconstruction_loss
+from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
 from layerwise.models import Autoencoder, Classifier
 
 ACTIVE_THRESHOLD = 0.1  # a code unit counts as active on an input when |h| > 0.1
@@ -92,12 +92,26 @@ def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
             "code_l1": abs_sum / (n * units), "code_active_frac": active / (n * units)}
 
 
+def objective(recon: torch.Tensor, model: Autoencoder, code: torch.Tensor, l1: float = 0.0, l2: float = 0.0,
+              contractive: float = 0.0) -> torch.Tensor:
+    """Reconstruction loss plus the penalties in force (a zero weight adds nothing, not even a 0)."""
+    loss = recon
+    if l1:
+        loss = loss + l1_penalty(code, l1)
+    if l2:
+        loss = loss + l2_penalty(code, l2)
+    if contractive:
+        loss = loss + contractive_penalty(code, model.encoder[0].weight, model.activation, contractive)
+    return loss
+
+
 def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
                       batch_size: int, optimizer: str, lr: float, momentum: float = 0.9,
-                      weight_decay: float = 0.0, l1: float = 0.0, noise: Optional[tuple[str, float, bool]] = None,
+                      weight_decay: float = 0.0, l1: float = 0.0, l2: float = 0.0, contractive: float = 0.0,
+                      noise: Optional[tuple[str, float, bool]] = None,
                       seed: int = 0, stage: str = "pretrain", settings: str = "the layer's",
                       callback: Optional[Callback] = None) -> TrainResult:
-    """Minimise reconstruction loss + l1 * |code|_1; with noise=(kind, level, rescale) the encoder sees a
+    """Minimise reconstruction loss + the code penalties (objective()); with noise=(kind, level, rescale) the encoder sees a
     corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
     recon_loss (training, averaged over the epoch's batches), val_recon_loss, code_l1 and
     code_active_frac (validation, clean inputs). settings names the config the hint of a diverged
@@ -116,7 +130,7 @@ def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Te
             xb = x_train[idx]
             code, out = model(corrupt(xb, *noise) if noise else xb)
             recon = reconstruction_loss(out, xb, model.loss)
-            loss = recon + l1_penalty(code, l1) if l1 else recon
+            loss = objective(recon, model, code, l1, l2, contractive)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

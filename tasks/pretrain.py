@@ -59,11 +59,11 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
             encoder = freeze(load_encoder(weights)[0])
             trained_by = cached.meta["run_id"]
         else:
-            model = seeded_autoencoder(cfg.input, cfg.size, cfg.activation, cfg.loss, seed * 100 + index)
+            model = seeded_autoencoder(cfg.input, cfg.size, cfg.activation, cfg.loss, seed * 100 + index, cfg.tied)
             result = train_autoencoder(
                 model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                 optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                l1=cfg.l1, noise=cfg.denoising and (cfg.denoising.kind, cfg.denoising.level, cfg.denoising.rescale),
+                l1=cfg.l1, l2=cfg.l2, contractive=cfg.contractive, noise=cfg.denoising and (cfg.denoising.kind, cfg.denoising.level, cfg.denoising.rescale),
                 seed=seed * 100 + index, stage=stage, settings=f"layers.{index - 1}",
                 callback=epoch_reporter(mlf, run_id))
             local = save_stage(Path(workdir) / stage / f"{stage}.pt", model, resolved)
