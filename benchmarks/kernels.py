@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.models import seeded_autoencoder
-from layerwise.training import configure_cpu, train_autoencoder
-
-ACTIVE_THRESHOLD = 0.1
+from layerwise.training import ACTIVE_THRESHOLD, configure_cpu, train_autoencoder
 
 
 def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
@@ -73,10 +71,6 @@ def bare_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1
     return time.perf_counter() - t0
 
 
-def best_of(fn, repeats: int) -> float:
-    return min(fn() for _ in range(repeats))
-
-
 def stage_inputs(x_pixels: torch.Tensor, width: int) -> torch.Tensor:
     """Pixels for the first stage; sigmoid-range codes (values in (0, 1)) for the stages above."""
     if width == x_pixels.shape[1]:
@@ -114,12 +108,12 @@ def scaling(x_train: torch.Tensor, x_val: torch.Tensor, threads: int, sizes: lis
     configure_cpu(threads)
     by_size = []
     for n in sizes:
-        seconds = best_of(lambda: project_epoch(x_train[:n], x_val, 1000, batch, l1), 1)
+        seconds = project_epoch(x_train[:n], x_val, 1000, batch, l1)
         by_size.append({"images": n, "epoch_seconds": seconds, "us_per_image": 1e6 * seconds / n})
         log(f"  784->1000, {n} images, batch {batch}: {seconds:.2f} s")
     by_batch = []
     for b in batches:
-        seconds = best_of(lambda: project_epoch(x_train, x_val, 1000, b, l1), 1)
+        seconds = project_epoch(x_train, x_val, 1000, b, l1)
         flops = stage_flops(784, 1000, len(x_train), len(x_val))
         by_batch.append({"batch_size": b, "epoch_seconds": seconds, "gflops": flops / seconds / 1e9})
         log(f"  784->1000, batch {b}: {seconds:.2f} s ({flops / seconds / 1e9:.0f} GFLOP/s)")

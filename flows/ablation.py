@@ -51,9 +51,8 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     futures = []
     for cell in cells:
         pretrained = cell.finetune.init == "pretrained"
-        name = f"{cell.finetune.init}-{cell.n_labels()}-seed{cell.finetune.seed}"
         futures.append(finetune.submit(parent_run_id, experiment_id, pipeline, cell.model_dump(), inputs, labels,
-                                       weights if pretrained else [], name, threads,
+                                       weights if pretrained else [], cell.cell_name(), threads,
                                        cell_key(cell, stage_keys, fingerprint), register_model=False))
     wait(futures)
     failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]

@@ -22,10 +22,6 @@ from tasks.pretrain import pretrain_layer
 from tasks.runs import open_pipeline_run, record_results
 
 
-def cell_name(cfg: PipelineConfig) -> str:
-    return f"{cfg.finetune.init}-{cfg.n_labels()}-seed{cfg.finetune.seed}"
-
-
 def pretrain_stack(cfg: PipelineConfig, run_id: str, experiment_id: str, pipeline: str, inputs: str,
                    fingerprint: str, workdir: Path) -> tuple[list[str], list[str]]:
     """One loop over `layers:`: each stage trains on the codes of the one below. Returns the
@@ -67,7 +63,7 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
                                   data["labels"], weights, keys, fingerprint)
             else:
                 result = finetune(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                  data["labels"], weights, cell_name(cfg))
+                                  data["labels"], weights, cfg.cell_name())
             result["wall_seconds"] = time.perf_counter() - started
             record_results(run_id, {k: v for k, v in result.items() if k in ("test_accuracy", "test_error",
                                                                               "wall_seconds")})

@@ -245,6 +245,10 @@ class PipelineConfig(Strict):
                     update={**spec, "seed": seed, "init": init})})
                 for spec in specs for seed in grid.seeds for init in grid.inits]
 
+    def cell_name(self) -> str:
+        """How a fine-tune is named in logs and Prefect: init-labels-seed."""
+        return f"{self.finetune.init}-{self.n_labels()}-seed{self.finetune.seed}"
+
     def n_labels(self) -> int:
         """How many labelled images fine-tuning uses."""
         ft, n_train = self.finetune, self.data.n_train

@@ -73,6 +73,25 @@ def _check_finite(value: float, stage: str, epoch: int, hint: str) -> None:
         raise DivergedError(f"stage {stage}: loss became {value} in epoch {epoch}; {hint}")
 
 
+def run_epoch(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int, batch_size: int,
+              generator: torch.Generator, opt: torch.optim.Optimizer, stage: str, epoch: int, hint: str) -> float:
+    """One pass over shuffled minibatches. step(idx) gives the loss to minimise and the value to
+    report; returns the value's per-example mean. Finiteness is checked every CHECK_EVERY batches
+    and at the end: a diverged stage stops early without an .item() sync on every batch."""
+    total = torch.zeros(())
+    for count, idx in enumerate(minibatches(n, batch_size, generator), start=1):
+        loss, value = step(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += value.detach() * len(idx)
+        if count % CHECK_EVERY == 0:
+            _check_finite(total.item(), stage, epoch, hint)
+    mean = total.item() / n
+    _check_finite(mean, stage, epoch, hint)
+    return mean
+
+
 @torch.inference_mode()
 def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
                          batch_size: int = 8192) -> dict[str, float]:
@@ -111,8 +130,8 @@ def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Te
                       noise: Optional[tuple[str, float, bool]] = None,
                       seed: int = 0, stage: str = "pretrain", settings: str = "the layer's",
                       callback: Optional[Callback] = None) -> TrainResult:
-    """Minimise reconstruction loss + the code penalties (objective()); with noise=(kind, level, rescale) the encoder sees a
-    corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
+    """Minimise reconstruction loss + the code penalties (objective()); with noise=(kind, level,
+    rescale) the encoder sees a corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
     recon_loss (training, averaged over the epoch's batches), val_recon_loss, code_l1 and
     code_active_frac (validation, clean inputs). settings names the config the hint of a diverged
     loss points at (e.g. 'layers.1')."""
@@ -120,25 +139,19 @@ def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Te
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
     result, started = TrainResult(), time.perf_counter()
+    hint = (f"look at {settings}.lr ({lr}), {settings}.l1 ({l1}), {settings}.optimizer ({optimizer}) and "
+            f"{settings}.loss ({model.loss})")
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = x_train[idx]
+        code, out = model(corrupt(xb, *noise) if noise else xb)
+        recon = reconstruction_loss(out, xb, model.loss)
+        return objective(recon, model, code, l1, l2, contractive), recon
+
     model.train()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        recon_sum = torch.zeros(())  # accumulated on-tensor: no .item() sync per batch
-        hint = (f"look at {settings}.lr ({lr}), {settings}.l1 ({l1}), {settings}.optimizer ({optimizer}) and "
-                f"{settings}.loss ({model.loss})")
-        for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
-            xb = x_train[idx]
-            code, out = model(corrupt(xb, *noise) if noise else xb)
-            recon = reconstruction_loss(out, xb, model.loss)
-            loss = objective(recon, model, code, l1, l2, contractive)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            recon_sum += recon.detach() * len(idx)
-            if step % CHECK_EVERY == 0:
-                _check_finite(recon_sum.item(), stage, epoch, hint)
-        train_recon = recon_sum.item() / len(x_train)
-        _check_finite(train_recon, stage, epoch, hint)
+        train_recon = run_epoch(step, len(x_train), batch_size, gen, opt, stage, epoch, hint)
         val = evaluate_autoencoder(model, x_val, l1)
         report = EpochReport(stage, epoch, epochs, {
             "recon_loss": train_recon, "val_recon_loss": val["recon_loss"],
@@ -195,6 +208,10 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
     # (measured: 28 s of a 50 s 1000-label cell at every epoch), so ten points make the curve
     val_every = 1 if keep == "best_val" else max(1, total // 10)
     hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        return loss, loss
     model.train()
     epoch = 0
     for phase_epochs, head_only in ((head_epochs, True), (epochs, False)):
@@ -207,19 +224,9 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
         for _ in range(phase_epochs):
             epoch += 1
             t0 = time.perf_counter()
-            loss_sum = torch.zeros(())
-            for step, idx in enumerate(minibatches(len(x_train), batch_size, gen), start=1):
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach() * len(idx)
-                if step % CHECK_EVERY == 0:
-                    _check_finite(loss_sum.item(), stage, epoch, hint)
+            train_loss = run_epoch(step, len(x_train), batch_size, gen, opt, stage, epoch, hint)
             if sched:
                 sched.step()
-            train_loss = loss_sum.item() / len(x_train)
-            _check_finite(train_loss, stage, epoch, hint)
             metrics = {"train_loss": train_loss}
             if epoch % val_every == 0 or epoch == total:
                 metrics["val_accuracy"] = val_acc = accuracy(model, x_val, y_val)

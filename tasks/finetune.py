@@ -58,7 +58,7 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
     tags = cell_tags(pipeline, cfg)
     title = f"{STAGE} {ft.init} {n_labels} labels seed {ft.seed}"
     if cached:
-        tags.update({"layerwise.reused": "true", CELL_LINK_TAG: cached.meta["run_id"]})
+        tags.update({tracking.REUSED_TAG: "true", CELL_LINK_TAG: cached.meta["run_id"]})
         title += " (reused)"
     run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
     with tracking.run_status(mlf, run_id):

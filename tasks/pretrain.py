@@ -19,7 +19,6 @@ from layerwise.transfer import freeze
 from tasks import tracking
 from tasks.logs import epoch_reporter, run_logger
 
-REUSED_TAG = "layerwise.reused"
 LINK_TAG = "layerwise.pretrain_run_id"
 
 
@@ -45,7 +44,7 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
     title = f"{stage} {cfg.input}→{cfg.size} {cfg.activation} l1={cfg.l1:g}"
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
     if cached:
-        tags.update({REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
+        tags.update({tracking.REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
         title += " (reused)"
     run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
     with tracking.run_status(mlf, run_id):

@@ -25,6 +25,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # opens the UI on training runs, 
 PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_TAG = "layerwise.pipeline"
 STAGE_TAG = "layerwise.stage"
+REUSED_TAG = "layerwise.reused"  # a stage or cell found in the store, linked to the run that trained it
 PROCESS_TAG = "layerwise.process"  # host:pid:start-time of the process that owns a run
 MAX_PARAMS_PER_CALL = 100
 
