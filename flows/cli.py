@@ -104,8 +104,7 @@ def summary(result: dict, uri: str, wall: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command != "serve":  # Prefect's runner handles SIGTERM itself: it pauses the schedules
-        signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _terminate)  # serve's runner takes SIGTERM over once it has started
     commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve}
     try:
         return commands[args.command](args)

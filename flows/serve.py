@@ -67,7 +67,7 @@ def remove_stale(names: set[str], config_path: Path) -> list[str]:
 
 
 def serve_pipelines(pipelines: dict[str, PipelineConfig], config_path: str | os.PathLike) -> None:
-    """Blocks until stopped (Ctrl-C / SIGTERM), which pauses the schedules."""
+    """Blocks until stopped (Ctrl-C / SIGTERM); every way out pauses the schedules."""
     url = api_url()
     path = Path(config_path).resolve()
     removed = remove_stale(set(pipelines), path)
@@ -79,4 +79,14 @@ def serve_pipelines(pipelines: dict[str, PipelineConfig], config_path: str | os.
                 f"{cfg.schedule.concurrency_limit} at once" if cfg.schedule else "on demand only")
         print(f"  {FLOW_NAME}/{name}: {when}", flush=True)
     print(f"serving {len(deployments)} deployment(s) against {url}", flush=True)
-    serve(*deployments, print_starting_message=False)
+    try:
+        serve(*deployments, print_starting_message=False, pause_on_shutdown=False)
+    finally:
+        # paused here rather than by the runner's shutdown, which a stop during its start-up skips
+        pause(list(pipelines))
+
+
+def pause(names: list[str]) -> None:
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.pause_deployment(client.read_deployment_by_name(f"{FLOW_NAME}/{name}").id)
