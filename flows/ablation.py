@@ -42,7 +42,8 @@ def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str) -> s
 
 @flow(name="label-ablation", flow_run_name="{pipeline}-grid")
 def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs: str, labels: str,
-                   weights: list[str], stage_keys: list[str], fingerprint: str) -> dict:
+                   stacks: dict[str, dict], fingerprint: str) -> dict:
+    """stacks: the pretrained stacks by variant name ('' without variants), as pretrain_stack gives them."""
     cfg = PipelineConfig.model_validate(config)
     grid, cells = cfg.ablation, cfg.cells()
     threads = threads_per_cell(grid)
@@ -50,10 +51,10 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
                       f"({grid.runner})")
     futures = []
     for cell in cells:
-        pretrained = cell.finetune.init == "pretrained"
+        stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else {"weights": [], "keys": []}
         futures.append(finetune.submit(parent_run_id, experiment_id, pipeline, cell.model_dump(), inputs, labels,
-                                       weights if pretrained else [], cell.cell_name(), threads,
-                                       cell_key(cell, stage_keys, fingerprint), register_model=False))
+                                       stack["weights"], cell.cell_name(), threads,
+                                       cell_key(cell, stack["keys"], fingerprint), register_model=False))
     wait(futures)
     failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]
     if failed:
@@ -62,7 +63,7 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     rows = []
     for cell, future in zip(cells, futures):
         result = future.result()
-        rows.append({"labels": result["n_labels"], "seed": cell.finetune.seed, "init": cell.finetune.init,
+        rows.append({"labels": result["n_labels"], "seed": cell.finetune.seed, "init": cell.method(),
                      **{k: result[k] for k in ("test_error", "test_accuracy", "best_epoch", "train_seconds",
                                                "run_id", "trained_by")}})
     report = summarize_ablation(parent_run_id, pipeline, rows)

@@ -40,11 +40,17 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")  # so runs end KILLED, not left RUNNING
 
 
+def what_runs(cfg) -> str:
+    if cfg.unroll:
+        return "unrolled"
+    if cfg.ablation:
+        return f"{len(cfg.cells())} cells"
+    return f"{cfg.finetune.init}, {cfg.n_labels()} labels"
+
+
 def cmd_list(args) -> int:
     for name, cfg in load_all(args.config).items():
-        sizes = "-".join(map(str, cfg.sizes))
-        what = f"{len(cfg.cells())} cells" if cfg.ablation else cfg.finetune.init
-        print(f"{name:<16} {sizes:<20} {what:<11} {cfg.description}")
+        print(f"{name:<18} {cfg.shape_text():<24} {what_runs(cfg):<22} {cfg.description}")
     return EXIT_OK
 
 
@@ -66,9 +72,7 @@ def cmd_run(args) -> int:
 
     start_temporary_api()
 
-    what = (f"{len(cfg.cells())} fine-tune cells" if cfg.ablation
-            else f"{cfg.finetune.init}, {cfg.n_labels()} labels")
-    print(f"layerwise: running '{args.name}' ({'-'.join(map(str, cfg.sizes))}, {what}) -> MLflow {uri}", flush=True)
+    print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) -> MLflow {uri}", flush=True)
     started = time.perf_counter()
     result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
     wall = time.perf_counter() - started
@@ -95,9 +99,16 @@ def summary(result: dict, uri: str, wall: float) -> str:
         reused = sum(cell["run_id"] != cell["trained_by"] for cell in result["cells"])
         headline = (f"\n{result['markdown']}\n=== {result['pipeline']}: {len(result['cells'])} cells "
                     f"({reused} reused), wall {wall:.0f} s")
+    elif "pca_test_sq_error" in result:
+        headline = (f"\n=== {result['pipeline']}: test squared error per image {result['test_sq_error']:.2f} "
+                    f"(greedy stack before unrolling {result['test_sq_error_stacked']:.2f}), "
+                    f"PCA {result['pca_test_sq_error']:.2f}; wall {wall:.0f} s")
     else:
         headline = (f"\n=== {result['pipeline']}: test error {result['test_error']:.2f}% "
                     f"(accuracy {100 * result['test_accuracy']:.2f}%, {result['n_labels']} labels), wall {wall:.0f} s")
+    for space, found in result.get("retrieval", {}).items():
+        headline += "\nretrieval " + space + ": " + ", ".join(
+            f"{key} {value:.4f}" for key, value in found.items() if key.startswith("precision"))
     return (f"{headline}\nMLflow parent run {result['parent_run_id']} in experiment '{result['pipeline']}'.\n"
             f"Open it: {ui}  then  #/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}")
 

@@ -1,5 +1,6 @@
 """The layer-wise pipeline: pretrain each layer of the stack greedily, then fine-tune the classifier
-(or, for a pipeline with an `ablation:` block, a grid of classifiers over the same stack)."""
+(or, for a pipeline with an `ablation:` block, a grid of classifiers over the same stack; with
+`unroll:`, the stack as one deep autoencoder against PCA), then retrieval in the codes if asked."""
 from __future__ import annotations
 
 import shutil
@@ -11,30 +12,42 @@ from typing import Optional
 from prefect import flow, runtime
 
 from flows.ablation import label_ablation, runner_for
+from flows.deep_autoencoder import deep_autoencoder
 from layerwise.cache import stage_key
 from layerwise.config import PipelineConfig, load_pipeline
 from layerwise.data import ensure_mnist
 from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
 from tasks import tracking
 from tasks.data import prepare_data
+from tasks.analyses import retrieval
 from tasks.finetune import finetune
 from tasks.pretrain import pretrain_layer
 from tasks.runs import open_pipeline_run, record_results
 
 
 def pretrain_stack(cfg: PipelineConfig, run_id: str, experiment_id: str, pipeline: str, inputs: str,
-                   fingerprint: str, workdir: Path) -> tuple[list[str], list[str]]:
+                   fingerprint: str, workdir: Path) -> dict:
     """One loop over `layers:`: each stage trains on the codes of the one below. Returns the
-    weights files and the stage keys (what the stack's cells are keyed by)."""
+    weights files, the stage keys (what the stack's cells are keyed by) and the top codes file."""
     codes, weights, keys = inputs, [], []
+    folder = workdir / cfg.variant if cfg.variant else workdir
     for index, layer in enumerate(cfg.layers, start=1):
         key = stage_key(cfg.pretrain_dict(), index, fingerprint)
-        stage = pretrain_layer(run_id, experiment_id, pipeline, index, layer.model_dump(), cfg.seed, codes,
-                               str(workdir), key)
+        stage = pretrain_layer.with_options(task_run_name=f"pretrain-{cfg.variant}-{index}" if cfg.variant
+                                            else f"pretrain-{index}")(
+            run_id, experiment_id, pipeline, index, layer.model_dump(), cfg.seed, codes, str(folder), key)
         codes = stage["codes"]
         weights.append(stage["weights"])
         keys.append(key)
-    return weights, keys
+    return {"weights": weights, "keys": keys, "codes": codes}
+
+
+def needs_stack(cfg: PipelineConfig) -> bool:
+    return cfg.unroll is not None or any(cell.finetune.init == "pretrained" for cell in cfg.cells())
+
+
+RESULT_METRICS = ("test_accuracy", "test_error", "test_sq_error", "test_sq_error_stacked", "pca_test_sq_error",
+                  "wall_seconds")
 
 
 @flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True)
@@ -53,20 +66,28 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     try:
         with tracking.run_status(mlf, run_id):
             data = prepare_data(str(root), cfg.data.model_dump(), str(workdir))
-            weights, keys = [], []
-            if any(cell.finetune.init == "pretrained" for cell in cfg.cells()):
-                weights, keys = pretrain_stack(cfg, run_id, experiment_id, pipeline, data["inputs"],
-                                               fingerprint, workdir)
-            if cfg.ablation:
+            stacks = {}
+            if needs_stack(cfg):
+                stacks = {stack.variant or "": pretrain_stack(stack, run_id, experiment_id, pipeline, data["inputs"],
+                                                              fingerprint, workdir) for stack in cfg.stacks()}
+            codes = {name: stack["codes"] for name, stack in stacks.items()}
+            if cfg.unroll:
+                result = deep_autoencoder(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
+                                          data["labels"], stacks[""], str(workdir))
+                codes = {"unrolled": result.pop("codes")}
+            elif cfg.ablation:
                 ablation = label_ablation.with_options(task_runner=runner_for(cfg.ablation))
                 result = ablation(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                  data["labels"], weights, keys, fingerprint)
+                                  data["labels"], stacks, fingerprint)
             else:
                 result = finetune(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                  data["labels"], weights, cfg.cell_name())
+                                  data["labels"], stacks.get("", {}).get("weights", []), cfg.cell_name())
+            if cfg.retrieval:
+                result["retrieval"] = {space: retrieval(run_id, experiment_id, pipeline, cfg.retrieval.model_dump(),
+                                                        data["inputs"], data["labels"], path, space or "stack")
+                                       for space, path in codes.items()}
             result["wall_seconds"] = time.perf_counter() - started
-            record_results(run_id, {k: v for k, v in result.items() if k in ("test_accuracy", "test_error",
-                                                                              "wall_seconds")})
+            record_results(run_id, {k: v for k, v in result.items() if k in RESULT_METRICS})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
     return {"pipeline": pipeline, "parent_run_id": run_id, "experiment_id": experiment_id, **result}

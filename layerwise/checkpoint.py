@@ -6,20 +6,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerwise.models import Autoencoder, encoder_block
+from layerwise.models import Autoencoder, build_autoencoder
 
 
-def save_stage(path: Path, model: Autoencoder, config: dict) -> Path:
+def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
                 "config": config}, path)
     return path
 
 
-def load_encoder(path: Path | str) -> tuple[nn.Sequential, dict]:
-    """The encoder block of a saved stage (Linear + activation) and its config."""
+def load_stage(path: Path | str) -> tuple[Autoencoder, dict]:
+    """A saved stage's whole autoencoder (encoder and decoder) and its config."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    layer = saved["config"]["layer"]
-    encoder = encoder_block(layer["input"], layer["size"], layer["activation"])
-    encoder.load_state_dict(saved["encoder"])
-    return encoder, saved["config"]
+    model = build_autoencoder(saved["config"]["layer"])
+    model.encoder.load_state_dict(saved["encoder"])
+    model.decoder.load_state_dict(saved["decoder"])
+    return model, saved["config"]
+
+
+def load_encoder(path: Path | str) -> tuple[nn.Module, dict]:
+    """The encoder block of a saved stage (Linear or conv + activation) and its config."""
+    model, config = load_stage(path)
+    return model.encoder, config

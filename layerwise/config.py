@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from layerwise.paths import DEFAULT_CONFIG
 
 MNIST_INPUT = 784
+MNIST_SHAPE = (1, 28, 28)
 MNIST_CLASSES = 10
 MNIST_TRAIN_IMAGES = 60_000
 
@@ -50,7 +51,7 @@ class DataConfig(Strict):
         return (self.train_size or MNIST_TRAIN_IMAGES) - self.val_size
 
 
-Activation = Literal["sigmoid", "relu", "tanh"]
+Activation = Literal["sigmoid", "relu", "tanh", "linear"]
 Optimizer = Literal["sgd", "adam"]
 
 
@@ -69,8 +70,15 @@ class Denoising(Strict):
 
 
 class LayerConfig(Strict):
+    kind: Literal["dense", "conv"] = Field("dense", description="dense: Linear; conv: convolution + max-pooling "
+                                                                "down, unpooling + transposed convolution up")
     input: Optional[int] = Field(None, ge=1, description="input width; defaults to the previous layer's size")
-    size: int = Field(..., ge=1, description="code width")
+    size: Optional[int] = Field(None, ge=1, description="code width (dense: required; conv: resolved as "
+                                                        "channels x pooled height x pooled width)")
+    channels: Optional[int] = Field(None, ge=1, description="conv: feature maps")
+    kernel: Optional[int] = Field(None, ge=1, description="conv: kernel size (odd; default 5, 'same' padding)")
+    pool: Optional[int] = Field(None, ge=1, description="conv: max-pooling window and stride (default 2)")
+    input_shape: Optional[list[int]] = Field(None, description="conv: resolved [channels, height, width] of the input")
     activation: Activation = "sigmoid"
     loss: Literal["auto", "bce", "mse"] = Field(
         "auto", description="reconstruction loss; auto = bce when the layer's input lies in [0, 1]")
@@ -85,6 +93,34 @@ class LayerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _kind_keys(self):
+        conv_only = [key for key in ("channels", "kernel", "pool", "input_shape") if getattr(self, key) is not None]
+        if self.kind == "dense":
+            if self.size is None:
+                raise ValueError("a dense layer needs size")
+            if conv_only:
+                raise ValueError(f"{', '.join(conv_only)}: only conv layers take these (set kind: conv)")
+        else:
+            if self.channels is None:
+                raise ValueError("a conv layer needs channels")
+            if self.contractive:
+                raise ValueError("contractive is implemented for dense layers (closed-form Jacobian)")
+            if self.kernel is None:
+                self.kernel = 5
+            if self.kernel % 2 == 0:
+                raise ValueError(f"kernel must be odd ('same' padding), got {self.kernel}")
+            if self.pool is None:
+                self.pool = 2
+        return self
+
+    def code_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The code's shape for an input of input_shape (conv: [C, H, W]; dense: [width])."""
+        if self.kind == "dense":
+            return (self.size,)
+        _, height, width = input_shape
+        return (self.channels, height // self.pool, width // self.pool)
 
 
 class TrainingConfig(Strict):
@@ -162,6 +198,17 @@ class AblationConfig(Strict):
                                                                       "default: cores // workers")
     runner: Literal["threads", "dask"] = "threads"
     address: Optional[str] = Field(None, description="Dask scheduler address; none = a local cluster")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> layer keys set on every layer (e.g. {contractive: 0.1, l1: 0}): "
+                                          "one pretrained stack per variant, each fine-tuned on the whole grid")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict):
+        for name in value:
+            if name in ("pretrained", "scratch") or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"variant name {name!r} must be a word other than pretrained/scratch")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -200,26 +247,83 @@ class ScheduleConfig(Strict):
         return [f"{key}={json.dumps(value)}" for key, value in self.parameters.items()]
 
 
+class UnrollConfig(Strict):
+    """Fine-tune the pretrained stack as one deep autoencoder (encoders, then the decoders in reverse)
+    on reconstruction, and compare it with PCA to the same code size."""
+    epochs: int = Field(..., ge=1)
+    optimizer: Optimizer = "adam"
+    lr: float = Field(..., gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    l2: float = Field(0.0, ge=0, description="squared-L2 penalty on the middle code (keeps it near 0)")
+    grid_digits: int = Field(10, ge=1, le=50, description="test digits in the originals / PCA / autoencoder grid")
+    decode_grid: int = Field(15, ge=2, le=40, description="2-d codes only: n x n regular grid of codes decoded")
+
+
+class RetrievalConfig(Strict):
+    """Nearest-neighbour search, test queries against the training images, in code and pixel space."""
+    k: int = Field(10, ge=1, le=100, description="precision@k: the share of the k nearest with the query's label")
+    queries: Optional[int] = Field(None, ge=1, description="test images used as queries; null = all 10,000")
+    figure_queries: int = Field(6, ge=1, le=20, description="queries shown with their hits in the figure")
+
+
 class PipelineConfig(Strict):
     description: str = ""
     seed: int = Field(0, description="seed of pretraining (weights init and batch order)")
     data: DataConfig = Field(default_factory=DataConfig)
     layers: list[LayerConfig] = Field(..., min_length=1)
-    finetune: FinetuneConfig
+    finetune: Optional[FinetuneConfig] = None
+    unroll: Optional[UnrollConfig] = None
     ablation: Optional[AblationConfig] = None
+    retrieval: Optional[RetrievalConfig] = None
     schedule: Optional[ScheduleConfig] = None
+    variant: Optional[str] = Field(None, description="set on the cells of an ablation with variants: the "
+                                                     "variant whose layers this config holds")
 
     @model_validator(mode="after")
     def _resolve(self):
-        width, in_unit_range = MNIST_INPUT, True  # pixels are scaled to [0, 1]
+        shape, in_unit_range = MNIST_SHAPE, True  # pixels are scaled to [0, 1]
         for i, layer in enumerate(self.layers):
+            width = _width(shape)
             if layer.input is not None and layer.input != width:
                 where = "the MNIST image size" if i == 0 else f"layers.{i - 1}.size"
                 raise ValueError(f"layers.{i}.input is {layer.input} but {where} is {width}")
             layer.input = width
+            if layer.kind == "conv":
+                if len(shape) != 3:
+                    raise ValueError(f"layers.{i} is a conv layer on the flat codes of dense layers.{i - 1}: "
+                                     f"conv layers come first")
+                code = layer.code_shape(shape)
+                if min(code[1:]) < 1:
+                    raise ValueError(f"layers.{i}.pool {layer.pool} is larger than its {shape[1]}x{shape[2]} input")
+                if layer.size is not None and layer.size != _width(code):
+                    raise ValueError(f"layers.{i}.size is {layer.size} but a conv layer's code has "
+                                     f"{code[0]}x{code[1]}x{code[2]} = {_width(code)} values (leave size out)")
+                if layer.input_shape is not None and list(layer.input_shape) != list(shape):
+                    raise ValueError(f"layers.{i}.input_shape is {layer.input_shape} but its input is {list(shape)}")
+                layer.input_shape, layer.size = list(shape), _width(code)
             if layer.loss == "auto":
                 layer.loss = "bce" if in_unit_range else "mse"
-            width, in_unit_range = layer.size, layer.activation == "sigmoid"
+            shape, in_unit_range = layer.code_shape(shape), layer.activation == "sigmoid"
+        if (self.finetune is None) == (self.unroll is None):
+            raise ValueError("give finetune (train a classifier on labels) or unroll (fine-tune the stack as one "
+                             "deep autoencoder), one of the two")
+        if self.ablation and self.finetune is None:
+            raise ValueError("ablation fine-tunes classifiers: it needs finetune, not unroll")
+        if self.unroll and self.layers[-1].kind == "conv":
+            raise ValueError("unroll needs a dense code layer last")
+        if self.ablation:
+            for name, changes in self.ablation.variants.items():
+                for i, layer in enumerate(self.layers):
+                    try:
+                        LayerConfig.model_validate({**layer.model_dump(), **changes})
+                    except ValidationError as exc:
+                        raise ValueError(f"ablation.variants.{name} on layers.{i}: "
+                                         f"{_describe_errors(exc.errors(), LayerConfig)}") from None
+        if self.finetune is None:
+            return self
         n_train = self.data.n_train
         counts = [("finetune.labels", self.finetune.labels)]
         if self.ablation:
@@ -234,6 +338,12 @@ class PipelineConfig(Strict):
     def sizes(self) -> list[int]:
         return [MNIST_INPUT] + [layer.size for layer in self.layers]
 
+    def shape_text(self) -> str:
+        """The stack's shape for humans: 784-1000-500, with conv layers as 16c5p2."""
+        parts = [str(MNIST_INPUT)] + [f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv"
+                                      else str(layer.size) for layer in self.layers]
+        return "-".join(parts)
+
     def cells(self) -> list["PipelineConfig"]:
         """The fine-tunes this pipeline runs: the ablation grid, or the one `finetune:` describes."""
         if not self.ablation:
@@ -241,13 +351,33 @@ class PipelineConfig(Strict):
         grid = self.ablation
         specs = [{"labels": n, "label_fraction": None} for n in grid.labels]
         specs += [{"labels": None, "label_fraction": f} for f in grid.label_fractions]
-        return [self.model_copy(update={"ablation": None, "finetune": self.finetune.model_copy(
+        stacks = {name: self.variant_stack(name) for name in grid.variants} or {None: self}
+        # the scratch control has no stack: one set of its cells serves every variant
+        methods = [(init, variant, stack) for init in grid.inits
+                   for variant, stack in (stacks.items() if init == "pretrained" else [(None, self)])]
+        return [stack.model_copy(update={"ablation": None, "variant": variant, "finetune": self.finetune.model_copy(
                     update={**spec, "seed": seed, "init": init})})
-                for spec in specs for seed in grid.seeds for init in grid.inits]
+                for spec in specs for seed in grid.seeds for init, variant, stack in methods]
+
+    def variant_stack(self, name: str) -> "PipelineConfig":
+        """This pipeline with ablation variant NAME's keys set on every layer."""
+        changes = self.ablation.variants[name]
+        layers = [LayerConfig.model_validate({**layer.model_dump(), **changes}) for layer in self.layers]
+        return self.model_copy(update={"layers": layers, "variant": name})
+
+    def stacks(self) -> list["PipelineConfig"]:
+        """The pretrained stacks this pipeline needs: one per ablation variant, else its own."""
+        if self.ablation and self.ablation.variants:
+            return [self.variant_stack(name) for name in self.ablation.variants]
+        return [self]
+
+    def method(self) -> str:
+        """What a fine-tune starts from: scratch, pretrained, or the variant's name."""
+        return self.variant if self.finetune.init == "pretrained" and self.variant else self.finetune.init
 
     def cell_name(self) -> str:
-        """How a fine-tune is named in logs and Prefect: init-labels-seed."""
-        return f"{self.finetune.init}-{self.n_labels()}-seed{self.finetune.seed}"
+        """How a fine-tune is named in logs and Prefect: method-labels-seed."""
+        return f"{self.method()}-{self.n_labels()}-seed{self.finetune.seed}"
 
     def n_labels(self) -> int:
         """How many labelled images fine-tuning uses."""
@@ -262,6 +392,13 @@ class PipelineConfig(Strict):
         """What determines the pretrained stack (and nothing that does not)."""
         return {"seed": self.seed, "data": self.data.model_dump(),
                 "layers": [layer.model_dump() for layer in self.layers]}
+
+
+def _width(shape: tuple[int, ...]) -> int:
+    width = 1
+    for extent in shape:
+        width *= extent
+    return width
 
 
 # ---------------------------------------------------------------------------------------------

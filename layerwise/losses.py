@@ -34,6 +34,8 @@ def activation_slope(code: torch.Tensor, activation: str) -> torch.Tensor:
         return 1 - code.pow(2)
     if activation == "relu":
         return (code > 0).to(code.dtype)
+    if activation == "linear":
+        return torch.ones_like(code)
     raise ValueError(f"unknown activation {activation!r}")
 
 

@@ -4,11 +4,65 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "linear": nn.Identity}
 
 
 def encoder_block(n_in: int, n_out: int, activation: str) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_out), ACTIVATIONS[activation]())
+
+
+def code_width(encoder: nn.Module) -> int:
+    """Width of the flat code an encoder block gives (dense or conv)."""
+    return getattr(encoder, "out_features", None) or encoder[0].out_features
+
+
+class ConvEncoder(nn.Sequential):
+    """Convolution ('same' padding) + activation + max-pooling. Takes and gives flat (N, width)
+    tensors, so conv blocks chain with dense ones and stage codes keep one layout; [0] is the
+    convolution, as [0] is the Linear of a dense block."""
+
+    def __init__(self, input_shape: tuple[int, int, int], channels: int, kernel: int, pool: int, activation: str):
+        super().__init__(nn.Conv2d(input_shape[0], channels, kernel, padding=kernel // 2),
+                         ACTIVATIONS[activation](), nn.MaxPool2d(pool, return_indices=True))
+        self.input_shape = tuple(input_shape)
+        self.code_shape = (channels, input_shape[1] // pool, input_shape[2] // pool)
+        self.out_features = channels * self.code_shape[1] * self.code_shape[2]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flat code and the pooling indices (where each max came from)."""
+        maps = self[1](self[0](x.reshape(-1, *self.input_shape)))
+        pooled, indices = self[2](maps)
+        return pooled.flatten(1), indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+
+class ConvDecoder(nn.Module):
+    """Max-unpooling that puts each code value back where its max came from (the encoder's pooling
+    indices; zeros elsewhere), then a transposed convolution back to the input's channels. With
+    tied=True the transposed convolution uses the encoder's kernel."""
+
+    def __init__(self, encoder: ConvEncoder, tied: bool = False):
+        super().__init__()
+        conv = encoder[0]
+        self.code_shape, self.input_shape = encoder.code_shape, encoder.input_shape
+        self.unpool = nn.MaxUnpool2d(encoder[2].kernel_size)
+        self.padding = conv.padding
+        if tied:
+            self.encoder_conv = [conv]  # a list, so the shared kernel is not registered twice
+            self.bias = nn.Parameter(torch.zeros(conv.in_channels))
+        else:
+            self.deconv = nn.ConvTranspose2d(conv.out_channels, conv.in_channels, conv.kernel_size,
+                                             padding=conv.padding)
+
+    def forward(self, code: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        maps = self.unpool(code.reshape(-1, *self.code_shape), indices, output_size=self.input_shape[1:])
+        if hasattr(self, "deconv"):
+            out = self.deconv(maps)
+        else:
+            out = nn.functional.conv_transpose2d(maps, self.encoder_conv[0].weight, self.bias, padding=self.padding)
+        return out.flatten(1)
 
 
 class TiedDecoder(nn.Module):
@@ -46,15 +100,88 @@ class Autoencoder(nn.Module):
         return code, self.decoder(code)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(self.encoder(x))
+        out = self(x)[1]
         return torch.sigmoid(out) if self.loss == "bce" else out
+
+
+class ConvAutoencoder(Autoencoder):
+    """A conv stage: ConvEncoder down, ConvDecoder (unpooling at the pooling indices) up."""
+
+    def __init__(self, input_shape: tuple[int, int, int], channels: int, kernel: int, pool: int, activation: str,
+                 loss: str, tied: bool = False):
+        nn.Module.__init__(self)
+        if loss not in ("bce", "mse"):
+            raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
+        self.loss = loss
+        self.activation = activation
+        self.encoder = ConvEncoder(input_shape, channels, kernel, pool, activation)
+        self.decoder = ConvDecoder(self.encoder, tied)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code, indices = self.encoder.encode(x)
+        return code, self.decoder(code, indices)
+
+
+def build_encoder(layer: dict) -> nn.Sequential:
+    """The encoder block alone of the stage a resolved layer config describes."""
+    if layer.get("kind", "dense") == "conv":
+        return ConvEncoder(tuple(layer["input_shape"]), layer["channels"], layer["kernel"], layer["pool"],
+                           layer["activation"])
+    return encoder_block(layer["input"], layer["size"], layer["activation"])
+
+
+def build_autoencoder(layer: dict) -> Autoencoder:
+    """The stage a resolved layer config (LayerConfig.model_dump()) describes."""
+    if layer.get("kind", "dense") == "conv":
+        return ConvAutoencoder(tuple(layer["input_shape"]), layer["channels"], layer["kernel"], layer["pool"],
+                               layer["activation"], layer["loss"], layer["tied"])
+    return Autoencoder(layer["input"], layer["size"], layer["activation"], layer["loss"], layer.get("tied", False))
+
+
+def seeded_stage(layer: dict, seed: int) -> Autoencoder:
+    """The stage's autoencoder with initial weights that depend on seed alone (runs reproduce on CPU)."""
+    torch.manual_seed(seed)
+    return build_autoencoder(layer)
 
 
 def seeded_autoencoder(n_in: int, n_code: int, activation: str, loss: str, seed: int,
                        tied: bool = False) -> Autoencoder:
-    """An autoencoder whose initial weights depend on seed alone (runs reproduce on CPU)."""
-    torch.manual_seed(seed)
-    return Autoencoder(n_in, n_code, activation, loss, tied)
+    """A dense seeded_stage."""
+    return seeded_stage({"input": n_in, "size": n_code, "activation": activation, "loss": loss, "tied": tied}, seed)
+
+
+class DeepAutoencoder(nn.Module):
+    """A dense stack unrolled into one network: the encoders bottom-up, then their decoders
+    top-down. Between decoders the reconstruction goes through the activation of the code it
+    rebuilds; the lowest decoder gives logits (bce) or values (mse), as in its stage."""
+
+    def __init__(self, stages: list[Autoencoder]):
+        super().__init__()
+        self.loss = stages[0].loss
+        self.encoders = nn.Sequential(*(stage.encoder for stage in stages))
+        self.decoders = nn.ModuleList(stage.decoder for stage in reversed(stages))
+        self.between = nn.ModuleList(ACTIVATIONS[stage.activation]() for stage in reversed(stages[:-1]))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoders(x)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        x = code
+        for decoder, activation in zip(self.decoders[:-1], self.between):
+            x = activation(decoder(x))
+        return self.decoders[-1](x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encode(x)
+        return code, self.decode(code)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        out = self(x)[1]
+        return torch.sigmoid(out) if self.loss == "bce" else out
+
+    def decode_to_pixels(self, code: torch.Tensor) -> torch.Tensor:
+        out = self.decode(code)
+        return torch.sigmoid(out) if self.loss == "bce" else out
 
 
 class Classifier(nn.Module):
@@ -66,7 +193,7 @@ class Classifier(nn.Module):
         self.hidden = nn.ModuleList(hidden)
         self.input_dropout = nn.Dropout(input_dropout)
         self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden[-1][0].out_features, n_classes)
+        self.output = nn.Linear(code_width(hidden[-1]), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_dropout(x)

@@ -16,31 +16,37 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["labels", "init", "seed"]).reset_index(drop=True)
 
 
+def gain_column(method: str) -> str:
+    return "gain" if method == "pretrained" else f"gain_{method}"
+
+
 def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of test error per label count and init, with the gain pretrained - scratch
-    (negative = pretraining lowers the error)."""
+    """Mean and std of test error per label count and init (scratch, pretrained, or a pretraining
+    variant's name), with each pretrained method's gain over scratch (negative = pretraining
+    lowers the error)."""
     stats = results.groupby(["labels", "init"])["test_error"].agg(["mean", "std", "count"]).reset_index()
     wide = stats.pivot(index="labels", columns="init", values=["mean", "std", "count"])
     wide.columns = [f"{init}_{stat}" for stat, init in wide.columns]
-    if {"pretrained_mean", "scratch_mean"} <= set(wide.columns):
-        wide["gain"] = wide["pretrained_mean"] - wide["scratch_mean"]
+    order = [m for m in dict.fromkeys(results["init"]) if m != "scratch"] + ["scratch"]
+    wide = wide[[f"{m}_{stat}" for m in order for stat in ("mean", "std", "count") if f"{m}_{stat}" in wide]]
+    if "scratch_mean" in wide.columns:
+        for method in order[:-1]:
+            wide[gain_column(method)] = wide[f"{method}_mean"] - wide["scratch_mean"]
     return wide.reset_index()
 
 
 def summary_markdown(summary: pd.DataFrame, title: str) -> str:
     inits = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     header = ["labels"] + [f"{init} error % (mean ± std, n)" for init in inits]
-    has_gain = "gain" in summary.columns
-    if has_gain:
-        header.append("gain pretrained − scratch (points)")
+    gains = [init for init in inits if gain_column(init) in summary.columns]
+    header += [f"gain {init} − scratch (points)" for init in gains]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [str(int(row["labels"]))]
         for init in inits:
             std = row[f"{init}_std"]
             cells.append(f"{row[f'{init}_mean']:.2f} ± {0.0 if pd.isna(std) else std:.2f} (n={int(row[f'{init}_count'])})")
-        if has_gain:
-            cells.append(f"{row['gain']:+.2f}")
+        cells += [f"{row[gain_column(init)]:+.2f}" for init in gains]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Error on the official 10,000-image test set. Published reference ({SOURCE}): "
               + "; ".join(f"{name} " + "/".join(f"{v:g}" for v in errs.values())
@@ -55,10 +61,11 @@ def plot_ablation(summary: pd.DataFrame, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for init, style in (("pretrained", "o-"), ("scratch", "s--")):
-        if f"{init}_mean" in summary.columns:
-            ax.errorbar(summary["labels"], summary[f"{init}_mean"], yerr=summary[f"{init}_std"].fillna(0),
-                        fmt=style, capsize=4, label=f"{init} (measured)")
+    methods = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
+    styles = iter(["o-", "D-", "^-", "v-", "P-", "X-"])
+    for init in methods:
+        ax.errorbar(summary["labels"], summary[f"{init}_mean"], yerr=summary[f"{init}_std"].fillna(0),
+                    fmt="s--" if init == "scratch" else next(styles), capsize=4, label=f"{init} (measured)")
     markers = iter("v^Dxp*")
     for name, errors in FEW_LABEL_ERRORS.items():
         ax.plot(list(errors), list(errors.values()), next(markers), color="grey", alpha=0.7,

@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import nn
 
-from layerwise.models import Classifier, encoder_block
+from layerwise.models import Classifier, build_encoder
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -29,17 +29,17 @@ def classifier_from_encoders(encoders: list[nn.Sequential], n_classes: int, drop
     return Classifier(hidden, n_classes, dropout, input_dropout)
 
 
-def scratch_classifier(sizes: list[int], activations: list[str], n_classes: int, dropout: float,
-                       seed: int, input_dropout: float = 0.0) -> Classifier:
-    """The control: the same architecture from random init suited to its activations
-    (Glorot for sigmoid/tanh, He for ReLU), seeded."""
+def scratch_classifier(layers: list[dict], n_classes: int, dropout: float, seed: int,
+                       input_dropout: float = 0.0) -> Classifier:
+    """The control: the same architecture (the resolved layer configs' encoders) from random init
+    suited to its activations (Glorot for sigmoid/tanh/linear, He for ReLU), seeded."""
     torch.manual_seed(seed)
-    hidden = [encoder_block(n_in, n_out, act) for n_in, n_out, act in zip(sizes[:-1], sizes[1:], activations)]
-    for block, act in zip(hidden, activations):
-        linear = block[0]
+    hidden = [build_encoder(layer) for layer in layers]
+    for block, layer in zip(hidden, layers):
+        weights, act = block[0], layer["activation"]
         if act == "relu":
-            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(weights.weight, nonlinearity="relu")
         else:
-            nn.init.xavier_uniform_(linear.weight, gain=nn.init.calculate_gain(act))
-        nn.init.zeros_(linear.bias)
+            nn.init.xavier_uniform_(weights.weight, gain=nn.init.calculate_gain(act))
+        nn.init.zeros_(weights.bias)
     return Classifier(hidden, n_classes, dropout, input_dropout)

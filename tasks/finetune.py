@@ -31,16 +31,19 @@ def cell_store() -> Store:
 def build_classifier(cfg: PipelineConfig, weights: list[str]):
     ft = cfg.finetune.in_force()
     if ft.init == "scratch":
-        return scratch_classifier(cfg.sizes, [layer.activation for layer in cfg.layers], MNIST_CLASSES,
-                                  ft.dropout, ft.seed, ft.input_dropout)
+        return scratch_classifier([layer.model_dump() for layer in cfg.layers], MNIST_CLASSES, ft.dropout,
+                                  ft.seed, ft.input_dropout)
     encoders = [freeze(load_encoder(path)[0]) for path in weights]
     return classifier_from_encoders(encoders, MNIST_CLASSES, ft.dropout, ft.seed, ft.input_dropout)
 
 
 def cell_tags(pipeline: str, cfg: PipelineConfig) -> dict[str, str]:
     ft = cfg.finetune
-    return {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.init": ft.init,
+    tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.init": ft.init,
             "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed)}
+    if ft.init == "pretrained" and cfg.variant:
+        tags["layerwise.variant"] = cfg.variant
+    return tags
 
 
 @task(name="finetune", task_run_name="finetune-{cell_name}")
@@ -56,7 +59,7 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
     mlf = tracking.client()
     cached = cell_store().get(cache_key) if cache_key else None
     tags = cell_tags(pipeline, cfg)
-    title = f"{STAGE} {ft.init} {n_labels} labels seed {ft.seed}"
+    title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
     if cached:
         tags.update({tracking.REUSED_TAG: "true", CELL_LINK_TAG: cached.meta["run_id"]})
         title += " (reused)"

@@ -12,7 +12,7 @@ from layerwise.cache import Store
 from layerwise.checkpoint import load_encoder, save_stage
 from layerwise.config import LayerConfig, flatten
 from layerwise.encode import encode
-from layerwise.models import seeded_autoencoder
+from layerwise.models import seeded_stage
 from layerwise.paths import work_root
 from layerwise.training import configure_cpu, train_autoencoder
 from layerwise.transfer import freeze
@@ -24,6 +24,16 @@ LINK_TAG = "layerwise.pretrain_run_id"
 
 def stage_name(index: int) -> str:
     return f"pretrain-{index}"
+
+
+def _regularisers(cfg: LayerConfig) -> str:
+    """The stage's objective in a few words, for run titles (l1=0.1 mask0.5 ...)."""
+    words = [f"{key}={getattr(cfg, key):g}" for key in ("l1", "l2", "contractive") if getattr(cfg, key)]
+    if cfg.denoising:
+        words.append(f"{cfg.denoising.kind}{cfg.denoising.level:g}")
+    if cfg.tied:
+        words.append("tied")
+    return " ".join(words) or "plain"
 
 
 def stage_store() -> Store:
@@ -41,7 +51,8 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
     resolved = {"layer": cfg.model_dump(), "index": index, "seed": seed, "pipeline": pipeline}
     cached = stage_store().get(cache_key)
     mlf = tracking.client()
-    title = f"{stage} {cfg.input}→{cfg.size} {cfg.activation} l1={cfg.l1:g}"
+    shape = f"{cfg.channels}c{cfg.kernel}p{cfg.pool}" if cfg.kind == "conv" else str(cfg.size)
+    title = f"{stage} {cfg.input}→{shape} {cfg.activation} {_regularisers(cfg)}"
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
     if cached:
         tags.update({tracking.REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
@@ -58,7 +69,7 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
             encoder = freeze(load_encoder(weights)[0])
             trained_by = cached.meta["run_id"]
         else:
-            model = seeded_autoencoder(cfg.input, cfg.size, cfg.activation, cfg.loss, seed * 100 + index, cfg.tied)
+            model = seeded_stage(cfg.model_dump(), seed * 100 + index)
             result = train_autoencoder(
                 model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                 optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,

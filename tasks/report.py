@@ -32,8 +32,9 @@ def summarize_ablation(parent_run_id: str, pipeline: str, rows: list[dict]) -> d
         for column in summary.columns:
             if column.endswith("_mean"):
                 metrics[f"mean_test_error/{labels}/{column.removesuffix('_mean')}"] = row[column]
-        if "gain" in summary.columns:
-            metrics[f"gain/{labels}"] = row["gain"]
+        for column in summary.columns:
+            if column.startswith("gain"):
+                metrics[f"{column}/{labels}"] = row[column]
     tracking.log_metrics(mlf, parent_run_id, metrics)
     table = summary.round(3).to_dict(orient="records")
     create_table_artifact(table=table, key=f"{pipeline.lower()}-summary".replace("_", "-"),

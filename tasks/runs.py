@@ -15,6 +15,8 @@ from tasks.logs import run_logger
 
 
 def run_title(pipeline: str, cfg: PipelineConfig) -> str:
+    if cfg.unroll:
+        return f"{pipeline} · deep autoencoder {'-'.join(map(str, cfg.sizes))} · seed {cfg.seed}"
     ft = cfg.finetune
     labels = "all labels" if cfg.n_labels() == cfg.data.n_train else f"{cfg.n_labels()} labels"
     return f"{pipeline} · {ft.init} · {labels} · seed {ft.seed}"
@@ -38,7 +40,9 @@ def open_pipeline_run(pipeline: str, config: dict, flow_run_id: str | None = Non
         run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
                              f"{', '.join(stale)}")
         remove_scratch(stale)
-    tags = {tracking.PIPELINE_TAG: pipeline, "layerwise.init": cfg.finetune.init}
+    tags = {tracking.PIPELINE_TAG: pipeline}
+    if cfg.finetune:
+        tags["layerwise.init"] = cfg.finetune.init
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
     run_id = tracking.start_run(mlf, experiment_id, run_title(pipeline, cfg), tags)

@@ -43,7 +43,7 @@ def test_defaults_are_resolved():
 
 
 BAD = {
-    "unknown layer key": (lambda p: p["layers"][1].update(sise=3), r"layers\.1\.sise: unknown key \(allowed: input, size"),
+    "unknown layer key": (lambda p: p["layers"][1].update(sise=3), r"layers\.1\.sise: unknown key \(allowed: kind, input, size"),
     "unknown finetune key": (lambda p: p["finetune"].update(lables=5), r"finetune\.lables: unknown key"),
     "unknown pipeline key": (lambda p: p.update(epochs=3), r"'tiny': epochs: unknown key"),
     "wrong type": (lambda p: p["layers"][0].update(epochs="three"), r"layers\.0\.epochs: .*integer"),
@@ -65,6 +65,19 @@ BAD = {
                               r"schedule\.concurrency_limit: .*greater than or equal to 1"),
     "bad scheduled override": (lambda p: p.update(schedule={"cron": "0 2 * * *", "parameters": {"finetune.labels": 9999}}),
                                r"'tiny' schedule\.parameters: finetune\.labels is 9999"),
+    "finetune and unroll": (lambda p: p.update(unroll={"epochs": 1, "lr": 0.001}), r"give finetune .* or unroll"),
+    "neither finetune nor unroll": (lambda p: p.pop("finetune"), r"give finetune .* or unroll"),
+    "unknown unroll key": (lambda p: (p.pop("finetune"), p.update(unroll={"epochs": 1, "lr": 0.1, "epoch": 2})),
+                           r"unroll\.epoch: unknown key"),
+    "unknown variant key": (lambda p: p.update(ablation={"labels": [20], "variants": {"cae": {"contractiv": 0.1}}}),
+                            r"ablation\.variants\.cae on layers\.0: contractiv: unknown key"),
+    "bad variant value": (lambda p: p.update(ablation={"labels": [20], "variants": {"cae": {"contractive": -1}}}),
+                          r"ablation\.variants\.cae on layers\.0: contractive: .*greater than or equal to 0"),
+    "variant named scratch": (lambda p: p.update(ablation={"labels": [20], "variants": {"scratch": {"l1": 0.1}}}),
+                              r"variant name 'scratch'"),
+    "conv after dense": (lambda p: p["layers"][1].update(kind="conv", channels=4, size=None, input=None),
+                         r"layers\.1 is a conv layer on the flat codes"),
+    "retrieval k zero": (lambda p: p.update(retrieval={"k": 0}), r"retrieval\.k: .*greater than or equal to 1"),
 }
 
 

@@ -7,6 +7,10 @@ from layerwise.training import train_autoencoder, train_classifier
 from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
+def _dense(n_in, n_out, activation):
+    return {"input": n_in, "size": n_out, "activation": activation}
+
+
 def _stack(x, sizes, epochs=2):
     """Greedy pretraining on tiny data: returns the frozen encoders and a snapshot of each."""
     encoders, snapshots, codes = [], [], x
@@ -50,8 +54,8 @@ def test_classifier_starts_as_the_encoders_and_finetuning_leaves_them_alone():
 
 
 def test_scratch_classifier_has_the_same_shape_and_is_seeded():
-    a = scratch_classifier([12, 10, 6], ["sigmoid", "relu"], 3, 0.0, seed=5)
-    b = scratch_classifier([12, 10, 6], ["sigmoid", "relu"], 3, 0.0, seed=5)
+    a = scratch_classifier([_dense(12, 10, "sigmoid"), _dense(10, 6, "relu")], 3, 0.0, seed=5)
+    b = scratch_classifier([_dense(12, 10, "sigmoid"), _dense(10, 6, "relu")], 3, 0.0, seed=5)
     assert [tuple(p.shape) for p in a.parameters()] == [(10, 12), (10,), (6, 10), (6,), (3, 6), (3,)]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert isinstance(a.hidden[1][1], torch.nn.ReLU)
@@ -69,7 +73,7 @@ def test_code_shapes_through_the_stack():
 def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
     torch.manual_seed(0)
     x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
-    clf = scratch_classifier([12, 8], ["relu"], 3, 0.0, seed=0)
+    clf = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
     seen = []
     result = train_classifier(clf, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last",
                               seed=0, callback=lambda r: seen.append(r.metrics["val_accuracy"]))
@@ -77,7 +81,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
     from layerwise.training import accuracy
 
     assert accuracy(clf, x, y) == seen[-1]
-    best = scratch_classifier([12, 8], ["relu"], 3, 0.0, seed=0)
+    best = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
     result = train_classifier(best, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
     assert accuracy(best, x, y) == max(seen) and seen[result.best_epoch - 1] == max(seen)
 
@@ -99,7 +103,7 @@ def test_a_seeded_stage_reproduces_bit_for_bit():
 def test_head_epochs_train_the_output_layer_alone_first():
     torch.manual_seed(0)
     x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
-    clf = scratch_classifier([12, 8], ["sigmoid"], 3, 0.0, seed=0)
+    clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
     hidden_before = clf.hidden[0][0].weight.clone()
     output_before = clf.output.weight.clone()
     train_classifier(clf, x, y, x, y, epochs=0, head_epochs=3, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
@@ -113,7 +117,7 @@ def test_head_epochs_train_the_output_layer_alone_first():
 def test_hidden_layers_learn_at_a_scaled_rate():
     from layerwise.training import classifier_optimizer
 
-    clf = scratch_classifier([12, 8, 6], ["sigmoid", "sigmoid"], 3, 0.0, seed=0)
+    clf = scratch_classifier([_dense(12, 8, "sigmoid"), _dense(8, 6, "sigmoid")], 3, 0.0, seed=0)
     opt = classifier_optimizer(clf, "sgd", 0.2, 0.9, 0.0, hidden_lr_scale=0.1)
     hidden, output = opt.param_groups
     assert hidden["lr"] == pytest.approx(0.02) and output["lr"] == 0.2

@@ -1,0 +1,131 @@
+"""What the codes learned: the deep autoencoder against PCA (errors, digit grids, 2-d maps) and
+nearest-neighbour retrieval in code space against pixel space. Figures go to the parent run."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from prefect import task
+
+from layerwise.config import PipelineConfig, RetrievalConfig
+from layerwise.figures import code_scatter, digit_rows, image_grid, retrieval_hits
+from layerwise.pca import fit_pca
+from layerwise.retrieval import nearest, precision_at_k
+from layerwise.training import configure_cpu, squared_error
+from tasks import tracking
+from tasks.logs import run_logger
+from tasks.unroll import load_unrolled
+
+FIGURES = "figures"
+
+
+def _log_figures(mlf, run_ids: list[str], draw) -> list[str]:
+    """draw(folder) writes figures into folder and returns their paths; each run logs them under figures/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = draw(Path(tmp))
+        for run_id in run_ids:
+            for path in paths:
+                mlf.log_artifact(run_id, str(path), FIGURES)
+    return [f"{FIGURES}/{Path(path).name}" for path in paths]
+
+
+@task(name="compare-with-pca")
+def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs_path: str,
+                     labels_path: str, model_path: str) -> dict:
+    """PCA to the code size on the same training images, its test squared error (child run pca-K),
+    and the figures: originals / PCA / autoencoder digits; for a 2-d code also the two maps of the
+    test set and the decoded grid of codes."""
+    configure_cpu()
+    cfg = PipelineConfig.model_validate(config)
+    k = cfg.sizes[-1]
+    mlf = tracking.client()
+    run_id = tracking.start_run(mlf, experiment_id, f"pca-{k}", {tracking.PIPELINE_TAG: pipeline,
+                                                                 tracking.STAGE_TAG: "pca"}, parent_run_id)
+    with tracking.run_status(mlf, run_id):
+        inputs = torch.load(inputs_path, weights_only=True)
+        labels = torch.load(labels_path, weights_only=True)
+        pca = fit_pca(inputs["train"], k)
+        test = inputs["test"]
+        pca_error = (pca.reconstruct(test) - test).pow(2).sum(dim=1).mean().item()
+        tracking.log_params(mlf, run_id, {"components": k, "fit_images": len(inputs["train"])})
+        tracking.log_metrics(mlf, run_id, {"test_sq_error": pca_error})
+        run_logger().info(f"[pca-{k}] test squared error per image {pca_error:.2f}")
+    model = load_unrolled(model_path)
+    with torch.inference_mode():
+        ae_error = squared_error(model, test)
+        shown = _one_per_digit(labels["test"], cfg.unroll.grid_digits)
+        rows = [("original", test[shown]), (f"PCA-{k}", pca.reconstruct(test[shown])),
+                (f"autoencoder\n{'-'.join(map(str, cfg.sizes))}", model.reconstruct(test[shown]))]
+        codes = model.encode(test) if k == 2 else None
+        if codes is not None:
+            radius = 2 * codes.std(dim=0).max().item()
+            axis = torch.linspace(-radius, radius, cfg.unroll.decode_grid)
+            grid_codes = torch.cartesian_prod(axis.flip(0), axis)[:, [1, 0]]  # rows: y from high to low
+            decoded = model.decode_to_pixels(grid_codes)
+
+    def draw(folder: Path) -> list[Path]:
+        paths = [digit_rows(rows, folder / "reconstructions.png",
+                            f"{pipeline}: test digits and their reconstructions (squared error per test image: "
+                            f"PCA-{k} {pca_error:.2f}, autoencoder {ae_error:.2f})")]
+        if codes is not None:
+            paths.append(code_scatter([(f"autoencoder code ({'-'.join(map(str, cfg.sizes))})", codes),
+                                       ("first two principal components", pca.encode(test))], labels["test"],
+                                      folder / "map-2d.png", f"{pipeline}: the 10,000 test digits in 2-d"))
+            paths.append(image_grid(decoded, cfg.unroll.decode_grid, folder / "decoded-grid.png",
+                                    f"codes on a {cfg.unroll.decode_grid}x{cfg.unroll.decode_grid} grid over "
+                                    f"[-{radius:.2f}, {radius:.2f}]^2, decoded"))
+        return paths
+
+    figures = _log_figures(mlf, [parent_run_id], draw)
+    return {"pca_run_id": run_id, "pca_test_sq_error": pca_error, "figures": figures}
+
+
+def _one_per_digit(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first test image of each digit in turn (0, 1, ..., 9, 0, ...), n in all."""
+    order = torch.argsort(labels, stable=True)
+    starts = torch.searchsorted(labels[order], torch.arange(10))
+    return torch.stack([order[starts[i % 10] + i // 10] for i in range(n)])
+
+
+@task(name="retrieval", task_run_name="retrieval-{space}")
+def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: dict, inputs_path: str,
+              labels_path: str, codes_path: str, space: str) -> dict:
+    """precision@k of test queries against the training images, in the codes of codes_path and in
+    pixels (child run retrieval-SPACE), and a figure of a few queries with their hits in both."""
+    configure_cpu()
+    cfg = RetrievalConfig.model_validate(settings)
+    mlf = tracking.client()
+    run_id = tracking.start_run(mlf, experiment_id, f"retrieval {space}", {tracking.PIPELINE_TAG: pipeline,
+                                                                         tracking.STAGE_TAG: "retrieval"},
+                                parent_run_id)
+    with tracking.run_status(mlf, run_id):
+        inputs = torch.load(inputs_path, weights_only=True)
+        codes = torch.load(codes_path, weights_only=True)
+        labels = torch.load(labels_path, weights_only=True)
+        n = min(cfg.queries or len(inputs["test"]), len(inputs["test"]))
+        query_labels, base_labels = labels["test"][:n], labels["train"]
+        spaces = {f"code ({codes['train'].shape[1]}-d)": (codes["test"][:n], codes["train"]),
+                  "pixels (784-d)": (inputs["test"][:n], inputs["train"])}
+        hits, metrics = {}, {}
+        for name, (queries, base) in spaces.items():
+            hits[name] = nearest(queries, base, cfg.k)
+            key = "code" if name.startswith("code") else "pixels"
+            metrics[f"precision_at_{cfg.k}/{key}"] = precision_at_k(query_labels, base_labels, hits[name])
+        tracking.log_params(mlf, run_id, {"k": cfg.k, "queries": n, "base_images": len(base_labels),
+                                          "code_width": codes["train"].shape[1], "space": space})
+        tracking.log_metrics(mlf, run_id, metrics)
+        tracking.log_metrics(mlf, parent_run_id, {f"{key}/{space}": value for key, value in metrics.items()})
+        run_logger().info(f"[retrieval {space}] " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
+                          + f" ({n} test queries against {len(base_labels)} training images)")
+        shown = _one_per_digit(query_labels, cfg.figure_queries)
+
+        def draw(folder: Path) -> list[Path]:
+            panels = [(name, inputs["train"][found[shown]], base_labels[found[shown]] == query_labels[shown, None])
+                      for name, found in hits.items()]
+            return [retrieval_hits(inputs["test"][shown], panels, folder / f"retrieval-{space}.png",
+                                   f"{pipeline}: {cfg.k} nearest training images per test query "
+                                   f"(green: same digit)")]
+
+        figures = _log_figures(mlf, [run_id, parent_run_id], draw)
+    return {"run_id": run_id, **metrics, "figures": figures}
