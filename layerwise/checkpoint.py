@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerwise.models import Autoencoder, build_autoencoder
+from layerwise.models import Reconstructor, build_autoencoder
 
 
 def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
@@ -16,7 +16,7 @@ def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
     return path
 
 
-def load_stage(path: Path | str) -> tuple[Autoencoder, dict]:
+def load_stage(path: Path | str) -> tuple[Reconstructor, dict]:
     """A saved stage's whole autoencoder (encoder and decoder) and its config."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = build_autoencoder(saved["config"]["layer"])

@@ -123,8 +123,8 @@ class LayerConfig(Strict):
         return (self.channels, height // self.pool, width // self.pool)
 
 
-class TrainingConfig(Strict):
-    """How the classifier is trained (the knobs an init may need its own values of)."""
+class Optimization(Strict):
+    """Epochs of minibatch gradient steps: the settings every end-to-end training shares."""
     epochs: int = Field(..., ge=1)
     optimizer: Optimizer = "sgd"
     lr: float = Field(..., gt=0)
@@ -132,6 +132,10 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
+
+
+class TrainingConfig(Optimization):
+    """How the classifier is trained (the knobs an init may need its own values of)."""
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the hidden layers while fine-tuning")
     input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
     hidden_lr_scale: float = Field(1.0, gt=0, description="the hidden layers learn at lr * this; < 1 keeps "
@@ -247,16 +251,10 @@ class ScheduleConfig(Strict):
         return [f"{key}={json.dumps(value)}" for key, value in self.parameters.items()]
 
 
-class UnrollConfig(Strict):
+class UnrollConfig(Optimization):
     """Fine-tune the pretrained stack as one deep autoencoder (encoders, then the decoders in reverse)
     on reconstruction, and compare it with PCA to the same code size."""
-    epochs: int = Field(..., ge=1)
     optimizer: Optimizer = "adam"
-    lr: float = Field(..., gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["constant", "cosine"] = "cosine"
     l2: float = Field(0.0, ge=0, description="squared-L2 penalty on the middle code (keeps it near 0)")
     grid_digits: int = Field(10, ge=1, le=50, description="test digits in the originals / PCA / autoencoder grid")
     decode_grid: int = Field(15, ge=2, le=40, description="2-d codes only: n x n regular grid of codes decoded")

@@ -1,6 +1,9 @@
 """The networks: one autoencoder per stack layer, and the classifier the encoders become."""
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -82,15 +85,31 @@ class TiedDecoder(nn.Module):
         return nn.functional.linear(code, self.weight, self.bias)
 
 
-class Autoencoder(nn.Module):
-    """encoder: Linear + activation; decoder: Linear giving logits (bce) or values (mse), or with
-    tied=True the encoder's weight transposed."""
+def as_pixels(out: torch.Tensor, loss: str) -> torch.Tensor:
+    """A decoder's output as an image: bce decoders give logits, mse decoders values."""
+    return torch.sigmoid(out) if loss == "bce" else out
 
-    def __init__(self, n_in: int, n_code: int, activation: str, loss: str, tied: bool = False):
+
+class Reconstructor(nn.Module):
+    """What every autoencoder here shares: forward(x) -> (code, decoder output), with the output
+    read as logits (loss bce) or values (mse)."""
+
+    def __init__(self, loss: str):
         super().__init__()
         if loss not in ("bce", "mse"):
             raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
         self.loss = loss
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return as_pixels(self(x)[1], self.loss)
+
+
+class Autoencoder(Reconstructor):
+    """encoder: Linear + activation; decoder: Linear giving logits (bce) or values (mse), or with
+    tied=True the encoder's weight transposed."""
+
+    def __init__(self, n_in: int, n_code: int, activation: str, loss: str, tied: bool = False):
+        super().__init__(loss)
         self.activation = activation
         self.encoder = encoder_block(n_in, n_code, activation)
         self.decoder = TiedDecoder(self.encoder[0]) if tied else nn.Linear(n_code, n_in)
@@ -99,20 +118,13 @@ class Autoencoder(nn.Module):
         code = self.encoder(x)
         return code, self.decoder(code)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        out = self(x)[1]
-        return torch.sigmoid(out) if self.loss == "bce" else out
 
-
-class ConvAutoencoder(Autoencoder):
+class ConvAutoencoder(Reconstructor):
     """A conv stage: ConvEncoder down, ConvDecoder (unpooling at the pooling indices) up."""
 
     def __init__(self, input_shape: tuple[int, int, int], channels: int, kernel: int, pool: int, activation: str,
                  loss: str, tied: bool = False):
-        nn.Module.__init__(self)
-        if loss not in ("bce", "mse"):
-            raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
-        self.loss = loss
+        super().__init__(loss)
         self.activation = activation
         self.encoder = ConvEncoder(input_shape, channels, kernel, pool, activation)
         self.decoder = ConvDecoder(self.encoder, tied)
@@ -130,7 +142,7 @@ def build_encoder(layer: dict) -> nn.Sequential:
     return encoder_block(layer["input"], layer["size"], layer["activation"])
 
 
-def build_autoencoder(layer: dict) -> Autoencoder:
+def build_autoencoder(layer: dict) -> Reconstructor:
     """The stage a resolved layer config (LayerConfig.model_dump()) describes."""
     if layer.get("kind", "dense") == "conv":
         return ConvAutoencoder(tuple(layer["input_shape"]), layer["channels"], layer["kernel"], layer["pool"],
@@ -138,7 +150,7 @@ def build_autoencoder(layer: dict) -> Autoencoder:
     return Autoencoder(layer["input"], layer["size"], layer["activation"], layer["loss"], layer.get("tied", False))
 
 
-def seeded_stage(layer: dict, seed: int) -> Autoencoder:
+def seeded_stage(layer: dict, seed: int) -> Reconstructor:
     """The stage's autoencoder with initial weights that depend on seed alone (runs reproduce on CPU)."""
     torch.manual_seed(seed)
     return build_autoencoder(layer)
@@ -150,14 +162,13 @@ def seeded_autoencoder(n_in: int, n_code: int, activation: str, loss: str, seed:
     return seeded_stage({"input": n_in, "size": n_code, "activation": activation, "loss": loss, "tied": tied}, seed)
 
 
-class DeepAutoencoder(nn.Module):
+class DeepAutoencoder(Reconstructor):
     """A dense stack unrolled into one network: the encoders bottom-up, then their decoders
     top-down. Between decoders the reconstruction goes through the activation of the code it
     rebuilds; the lowest decoder gives logits (bce) or values (mse), as in its stage."""
 
     def __init__(self, stages: list[Autoencoder]):
-        super().__init__()
-        self.loss = stages[0].loss
+        super().__init__(stages[0].loss)
         self.encoders = nn.Sequential(*(stage.encoder for stage in stages))
         self.decoders = nn.ModuleList(stage.decoder for stage in reversed(stages))
         self.between = nn.ModuleList(ACTIVATIONS[stage.activation]() for stage in reversed(stages[:-1]))
@@ -175,28 +186,45 @@ class DeepAutoencoder(nn.Module):
         code = self.encode(x)
         return code, self.decode(code)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        out = self(x)[1]
-        return torch.sigmoid(out) if self.loss == "bce" else out
-
     def decode_to_pixels(self, code: torch.Tensor) -> torch.Tensor:
-        out = self.decode(code)
-        return torch.sigmoid(out) if self.loss == "bce" else out
+        return as_pixels(self.decode(code), self.loss)
+
+
+def reset_linear(linear: nn.Linear, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear's own default init (Kaiming-uniform weight, uniform bias), drawn from generator."""
+    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(linear.in_features)
+    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+    return linear
 
 
 class Classifier(nn.Module):
-    """Hidden blocks (Linear + activation, the encoders' shape) then a linear output layer."""
+    """Hidden blocks (Linear + activation, the encoders' shape) then a linear output layer.
+
+    Everything random in a classifier comes from generators, never torch's global RNG: fine-tunes
+    that run side by side as threads of one process would otherwise draw from the same global
+    stream, and a cell's result would depend on its neighbour's timing. The output layer is drawn
+    from `generator`; dropout masks from `noise`, which the training loop sets."""
 
     def __init__(self, hidden: list[nn.Sequential], n_classes: int, dropout: float = 0.0,
-                 input_dropout: float = 0.0):
+                 input_dropout: float = 0.0, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.hidden = nn.ModuleList(hidden)
-        self.input_dropout = nn.Dropout(input_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout, self.input_dropout = dropout, input_dropout
         self.output = nn.Linear(code_width(hidden[-1]), n_classes)
+        if generator is not None:
+            reset_linear(self.output, generator)
+        self.noise: Optional[torch.Generator] = None
+
+    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Inverted dropout (kept units scaled by 1/(1-p)) in training mode, masks from self.noise."""
+        if not self.training or p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.noise, dtype=x.dtype) >= p
+        return x * keep / (1 - p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_dropout(x)
+        x = self._drop(x, self.input_dropout)
         for block in self.hidden:
-            x = self.dropout(block(x))
+            x = self._drop(block(x), self.dropout)
         return self.output(x)

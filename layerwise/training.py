@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
-from layerwise.models import Autoencoder, Classifier, DeepAutoencoder, code_width
+from layerwise.models import Classifier, DeepAutoencoder, Reconstructor, code_width
 
 ACTIVE_THRESHOLD = 0.1  # a code unit counts as active on an input when |h| > 0.1
 
@@ -93,7 +93,7 @@ def run_epoch(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 
 
 @torch.inference_mode()
-def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
+def evaluate_autoencoder(model: Reconstructor, x: torch.Tensor, l1: float = 0.0,
                          batch_size: int = 8192) -> dict[str, float]:
     was_training = model.training
     model.eval()
@@ -111,7 +111,7 @@ def evaluate_autoencoder(model: Autoencoder, x: torch.Tensor, l1: float = 0.0,
             "code_l1": abs_sum / (n * units), "code_active_frac": active / (n * units)}
 
 
-def objective(recon: torch.Tensor, model: Autoencoder, code: torch.Tensor, l1: float = 0.0, l2: float = 0.0,
+def objective(recon: torch.Tensor, model: Reconstructor, code: torch.Tensor, l1: float = 0.0, l2: float = 0.0,
               contractive: float = 0.0) -> torch.Tensor:
     """Reconstruction loss plus the penalties in force (a zero weight adds nothing, not even a 0)."""
     loss = recon
@@ -124,7 +124,7 @@ def objective(recon: torch.Tensor, model: Autoencoder, code: torch.Tensor, l1: f
     return loss
 
 
-def train_autoencoder(model: Autoencoder, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
+def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
                       batch_size: int, optimizer: str, lr: float, momentum: float = 0.9,
                       weight_decay: float = 0.0, l1: float = 0.0, l2: float = 0.0, contractive: float = 0.0,
                       noise: Optional[tuple[str, float, bool]] = None,
@@ -198,8 +198,9 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
     then only reported). Model selection never sees the test set."""
     if keep not in ("best_val", "last"):
         raise ValueError(f"keep must be 'best_val' or 'last', got {keep!r}")
-    torch.manual_seed(seed)
+    # batch order and dropout masks from this cell's own generator (see Classifier)
     gen = torch.Generator().manual_seed(seed)
+    model.noise = gen
     total = head_epochs + epochs
     result, started = TrainResult(), time.perf_counter()
     best_acc, best_state = -1.0, None
@@ -237,6 +238,7 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
             if callback:
                 callback(report)
     model.hidden.requires_grad_(True)
+    model.noise = None
     if keep == "best_val":
         model.load_state_dict(best_state)
     else:

@@ -25,21 +25,20 @@ def classifier_from_encoders(encoders: list[nn.Sequential], n_classes: int, drop
         for parameter in block.parameters():
             parameter.requires_grad_(True)
         block.train()
-    torch.manual_seed(seed)
-    return Classifier(hidden, n_classes, dropout, input_dropout)
+    return Classifier(hidden, n_classes, dropout, input_dropout, torch.Generator().manual_seed(seed))
 
 
 def scratch_classifier(layers: list[dict], n_classes: int, dropout: float, seed: int,
                        input_dropout: float = 0.0) -> Classifier:
     """The control: the same architecture (the resolved layer configs' encoders) from random init
     suited to its activations (Glorot for sigmoid/tanh/linear, He for ReLU), seeded."""
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     hidden = [build_encoder(layer) for layer in layers]
     for block, layer in zip(hidden, layers):
         weights, act = block[0], layer["activation"]
         if act == "relu":
-            nn.init.kaiming_normal_(weights.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(weights.weight, nonlinearity="relu", generator=generator)
         else:
-            nn.init.xavier_uniform_(weights.weight, gain=nn.init.calculate_gain(act))
+            nn.init.xavier_uniform_(weights.weight, gain=nn.init.calculate_gain(act), generator=generator)
         nn.init.zeros_(weights.bias)
-    return Classifier(hidden, n_classes, dropout, input_dropout)
+    return Classifier(hidden, n_classes, dropout, input_dropout, generator)

@@ -60,10 +60,8 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
     cached = cell_store().get(cache_key) if cache_key else None
     tags = cell_tags(pipeline, cfg)
     title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
-    if cached:
-        tags.update({tracking.REUSED_TAG: "true", CELL_LINK_TAG: cached.meta["run_id"]})
-        title += " (reused)"
-    run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
+    run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
+                                      cached.meta["run_id"] if cached else None, CELL_LINK_TAG)
     with tracking.run_status(mlf, run_id):
         tracking.log_params(mlf, run_id, {**flatten(ft.model_dump(exclude={"scratch"}), "finetune"),
                                           "sizes": cfg.sizes, "n_labels": n_labels,

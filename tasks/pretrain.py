@@ -54,10 +54,8 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
     shape = f"{cfg.channels}c{cfg.kernel}p{cfg.pool}" if cfg.kind == "conv" else str(cfg.size)
     title = f"{stage} {cfg.input}→{shape} {cfg.activation} {_regularisers(cfg)}"
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
-    if cached:
-        tags.update({tracking.REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
-        title += " (reused)"
-    run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
+    run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
+                                      cached.meta["run_id"] if cached else None, LINK_TAG)
     with tracking.run_status(mlf, run_id):
         inputs = torch.load(inputs_path, weights_only=True)
         tracking.log_params(mlf, run_id, flatten(resolved))

@@ -143,6 +143,16 @@ def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[s
     return mlf.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
+def start_child_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str], parent_run_id: str,
+                    reused_from: Optional[str] = None, link_tag: Optional[str] = None) -> str:
+    """A stage's run under the pipeline's parent; a stage reused from an earlier run is named
+    '... (reused)', tagged reused and linked (link_tag) to the run that did the work."""
+    if reused_from:
+        tags = {**tags, REUSED_TAG: "true", link_tag: reused_from}
+        run_name += " (reused)"
+    return start_run(mlf, experiment_id, run_name, tags, parent_run_id)
+
+
 @contextlib.contextmanager
 def run_status(mlf: MlflowClient, run_id: str, finish: bool = True) -> Iterator[None]:
     """Ends the run FAILED on an error, KILLED on Ctrl-C / SIGTERM, else FINISHED (unless finish is

@@ -45,10 +45,8 @@ def unroll_finetune(parent_run_id: str, experiment_id: str, pipeline: str, confi
     mlf = tracking.client()
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.unroll_key": key}
-    if cached:
-        tags.update({tracking.REUSED_TAG: "true", LINK_TAG: cached.meta["run_id"]})
-        title += " (reused)"
-    run_id = tracking.start_run(mlf, experiment_id, title, tags, parent_run_id)
+    run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
+                                      cached.meta["run_id"] if cached else None, LINK_TAG)
     with tracking.run_status(mlf, run_id):
         tracking.log_params(mlf, run_id, {**flatten(unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
         inputs = torch.load(inputs_path, weights_only=True)

@@ -122,3 +122,40 @@ def test_hidden_layers_learn_at_a_scaled_rate():
     hidden, output = opt.param_groups
     assert hidden["lr"] == pytest.approx(0.02) and output["lr"] == 0.2
     assert len(hidden["params"]) == 4 and len(output["params"]) == 2
+
+
+def test_a_fine_tune_does_not_depend_on_what_runs_beside_it():
+    """Ablation cells run as threads of one process: each must draw only from its own generators."""
+    import threading
+
+    torch.manual_seed(0)
+    x, y = torch.rand(96, 12), torch.randint(0, 3, (96,))
+
+    def cell(seed, out):
+        clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.5, seed=seed, input_dropout=0.2)
+        train_classifier(clf, x, y, x[:16], y[:16], epochs=8, batch_size=8, optimizer="sgd", lr=0.1,
+                         keep="last", seed=seed)
+        out[seed] = clf.state_dict()
+
+    alone = {}
+    for seed in (1, 2):
+        torch.manual_seed(100 + seed)  # the global RNG's state must not matter either
+        cell(seed, alone)
+    side_by_side = {}
+    threads = [threading.Thread(target=cell, args=(seed, side_by_side)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed in (1, 2):
+        assert all(torch.equal(alone[seed][k], side_by_side[seed][k]) for k in alone[seed])
+    assert not torch.equal(alone[1]["output.weight"], alone[2]["output.weight"])
+
+
+def test_the_output_layer_is_drawn_from_the_seed_alone():
+    encoders = [freeze(Autoencoder(12, 8, "sigmoid", "bce").encoder)]
+    torch.manual_seed(1)
+    a = classifier_from_encoders(encoders, 3, 0.0, seed=4)
+    torch.manual_seed(2)
+    b = classifier_from_encoders(encoders, 3, 0.0, seed=4)
+    assert torch.equal(a.output.weight, b.output.weight) and torch.equal(a.output.bias, b.output.bias)
