@@ -32,6 +32,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """Runs in each child before exec: Ctrl-C's default disposition, as in a terminal. A suite
+    launched as a background job without job control (`cmd &` in a script) ignores SIGINT, and
+    children inherit that, so the Ctrl-C tests would otherwise send a signal nobody hears."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Process:
     """A child process whose output goes to a log file (read back when a test fails)."""
 
@@ -39,7 +46,7 @@ class Process:
         self.log = log
         self._out = open(log, "w")
         self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=default_sigint)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -109,7 +116,8 @@ def mlflow_server(root: Path):
 def run_until(args: list[str], text: str, timeout: float = 240) -> tuple[subprocess.Popen, list[str]]:
     """`python -m flows ARGS` in its own process group, read until a line holds text."""
     proc = subprocess.Popen([sys.executable, "-m", "flows", *args], cwd=REPO, env=base_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     seen, deadline = [], time.monotonic() + timeout
     for line in proc.stdout:
         seen.append(line)
