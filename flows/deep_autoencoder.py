@@ -16,7 +16,8 @@ def deep_autoencoder(parent_run_id: str, experiment_id: str, pipeline: str, conf
     """stack: the pretrained stack as pretrain_stack gives it (weights files and stage keys)."""
     unrolled = unroll_finetune(parent_run_id, experiment_id, pipeline, config, inputs, stack["weights"],
                                stack["keys"], workdir)
-    pca = compare_with_pca(parent_run_id, experiment_id, pipeline, config, inputs, labels, unrolled["model"])
+    pca = compare_with_pca(parent_run_id, experiment_id, pipeline, config, inputs, labels, unrolled["model"],
+                           unrolled["test_sq_error"])
     line = (f"test squared error per image: autoencoder {unrolled['test_sq_error']:.2f}, "
             f"PCA {pca['pca_test_sq_error']:.2f}")
     if config["layers"][-1]["size"] == RECONSTRUCTION_CODE_SIZE:

@@ -12,7 +12,7 @@ from layerwise.config import PipelineConfig, RetrievalConfig
 from layerwise.figures import code_scatter, digit_rows, image_grid, retrieval_hits
 from layerwise.pca import fit_pca
 from layerwise.retrieval import nearest, precision_at_k
-from layerwise.training import configure_cpu, squared_error
+from layerwise.training import configure_cpu
 from tasks import tracking
 from tasks.logs import run_logger
 from tasks.unroll import load_unrolled
@@ -32,8 +32,9 @@ def _log_figures(mlf, run_ids: list[str], draw) -> list[str]:
 
 @task(name="compare-with-pca")
 def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs_path: str,
-                     labels_path: str, model_path: str) -> dict:
+                     labels_path: str, model_path: str, autoencoder_error: float) -> dict:
     """PCA to the code size on the same training images, its test squared error (child run pca-K),
+    beside the unrolled model's (autoencoder_error, measured by the unroll task),
     and the figures: originals / PCA / autoencoder digits; for a 2-d code also the two maps of the
     test set and the decoded grid of codes."""
     configure_cpu()
@@ -53,7 +54,6 @@ def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, conf
         run_logger().info(f"[pca-{k}] test squared error per image {pca_error:.2f}")
     model = load_unrolled(model_path)
     with torch.inference_mode():
-        ae_error = squared_error(model, test)
         shown = _one_per_digit(labels["test"], cfg.unroll.grid_digits)
         rows = [("original", test[shown]), (f"PCA-{k}", pca.reconstruct(test[shown])),
                 (f"autoencoder\n{'-'.join(map(str, cfg.sizes))}", model.reconstruct(test[shown]))]
@@ -67,7 +67,7 @@ def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, conf
     def draw(folder: Path) -> list[Path]:
         paths = [digit_rows(rows, folder / "reconstructions.png",
                             f"{pipeline}: test digits and their reconstructions (squared error per test image: "
-                            f"PCA-{k} {pca_error:.2f}, autoencoder {ae_error:.2f})")]
+                            f"PCA-{k} {pca_error:.2f}, autoencoder {autoencoder_error:.2f})")]
         if codes is not None:
             paths.append(code_scatter([(f"autoencoder code ({'-'.join(map(str, cfg.sizes))})", codes),
                                        ("first two principal components", pca.encode(test))], labels["test"],
