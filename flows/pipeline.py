@@ -84,7 +84,8 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
                                   data["labels"], stacks.get("", {}).get("weights", []), cfg.cell_name())
             if cfg.retrieval:
                 result["retrieval"] = {space: retrieval(run_id, experiment_id, pipeline, cfg.retrieval.model_dump(),
-                                                        data["inputs"], data["labels"], path, space or "stack")
+                                                        data["inputs"], data["labels"], path, space or "stack",
+                                                        str(workdir))
                                        for space, path in codes.items()}
             result["wall_seconds"] = time.perf_counter() - started
             record_results(run_id, {k: v for k, v in result.items() if k in RESULT_METRICS})

@@ -90,9 +90,10 @@ def _one_per_digit(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 @task(name="retrieval", task_run_name="retrieval-{space}")
 def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: dict, inputs_path: str,
-              labels_path: str, codes_path: str, space: str) -> dict:
+              labels_path: str, codes_path: str, space: str, workdir: str) -> dict:
     """precision@k of test queries against the training images, in the codes of codes_path and in
-    pixels (child run retrieval-SPACE), and a figure of a few queries with their hits in both."""
+    pixels (child run retrieval-SPACE), and a figure of a few queries with their hits in both.
+    The pixel search is the same for every space of a run: done once, kept under workdir."""
     configure_cpu()
     cfg = RetrievalConfig.model_validate(settings)
     mlf = tracking.client()
@@ -109,7 +110,8 @@ def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: d
                   "pixels (784-d)": (inputs["test"][:n], inputs["train"])}
         hits, metrics = {}, {}
         for name, (queries, base) in spaces.items():
-            hits[name] = nearest(queries, base, cfg.k)
+            hits[name] = _pixel_hits(queries, base, cfg.k, workdir) if name.startswith("pixels") \
+                else nearest(queries, base, cfg.k)
             key = "code" if name.startswith("code") else "pixels"
             metrics[f"precision_at_{cfg.k}/{key}"] = precision_at_k(query_labels, base_labels, hits[name])
         tracking.log_params(mlf, run_id, {"k": cfg.k, "queries": n, "base_images": len(base_labels),
@@ -129,3 +131,14 @@ def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: d
 
         figures = _log_figures(mlf, [run_id, parent_run_id], draw)
     return {"run_id": run_id, **metrics, "figures": figures}
+
+
+def _pixel_hits(queries: torch.Tensor, base: torch.Tensor, k: int, workdir: str) -> torch.Tensor:
+    """Nearest neighbours in pixel space, searched by the run's first retrieval and read by the rest."""
+    path = Path(workdir) / "retrieval" / f"pixel-hits-k{k}-q{len(queries)}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    hits = nearest(queries, base, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(hits, path)
+    return hits
