@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layerwise.cache import content_key
 from layerwise.config import AblationConfig, PipelineConfig
+from layerwise.training import stop_requested
 from tasks.finetune import finetune
 from tasks.logs import run_logger
 from tasks.report import summarize_ablation
@@ -49,13 +50,18 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     threads = threads_per_cell(grid)
     run_logger().info(f"{len(cells)} cells, {grid.workers} at a time with {threads} torch thread(s) each "
                       f"({grid.runner})")
+    stop_requested.clear()
     futures = []
     for cell in cells:
         stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else {"weights": [], "keys": []}
         futures.append(finetune.submit(parent_run_id, experiment_id, pipeline, cell.model_dump(), inputs, labels,
                                        stack["weights"], cell.cell_name(), threads,
                                        cell_key(cell, stack["keys"], fingerprint), register_model=False))
-    wait(futures)
+    try:
+        wait(futures)
+    except BaseException:
+        stop_requested.set()  # interrupted: the cells run in worker threads, which no signal reaches
+        raise
     failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(cells)} cells failed; the finished ones are kept and a "

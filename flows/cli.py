@@ -8,9 +8,15 @@ import sys
 import time
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A tracking server that stops answering must fail the run within a minute, not after MLflow's
+# default 120 s x 8 tries per call: 10 s a request, one retry (a user's own settings win).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 from layerwise.config import ConfigError, load_all, load_pipeline  # noqa: E402
 from layerwise.data import DataError, ensure_mnist  # noqa: E402
+from layerwise.memory import check_fits  # noqa: E402
 from layerwise.paths import DEFAULT_CONFIG, data_root  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -62,6 +68,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     cfg = load_pipeline(args.name, args.config, args.overrides)
+    check_fits(cfg, pipeline=args.name, source=args.config)
     root = data_root(args.data_root)
     ensure_mnist(root, allow_download=args.data_root is None and "MNIST_ROOT" not in os.environ)
     from tasks.tracking import check_store
@@ -74,7 +81,14 @@ def cmd_run(args) -> int:
 
     print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) -> MLflow {uri}", flush=True)
     started = time.perf_counter()
-    result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
+    try:
+        result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # interrupted: no run of this process may stay RUNNING
+            from tasks.tracking import client, kill_open_runs
+
+            kill_open_runs(client(), args.name)
+        raise
     wall = time.perf_counter() - started
     print(summary(result, uri, wall))
     return EXIT_OK
@@ -122,12 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1
+        from tasks.tracking import tracking_uri, unreachable
+
+        first_line = (str(exc).splitlines() or [""])[0]
+        if unreachable(exc):
+            first_line = f"the MLflow tracking server {tracking_uri()} stopped answering ({first_line})"
+        print(f"failed: {type(exc).__name__}: {first_line}", file=sys.stderr)
+        return EXIT_FAILED
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        # Ctrl-C, SIGTERM (KeyboardInterrupt from _terminate) or Prefect's TerminationSignal
         print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
 
 
 if __name__ == "__main__":

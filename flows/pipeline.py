@@ -16,6 +16,7 @@ from flows.deep_autoencoder import deep_autoencoder
 from layerwise.cache import stage_key
 from layerwise.config import PipelineConfig, load_pipeline
 from layerwise.data import ensure_mnist
+from layerwise.memory import check_fits
 from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
 from tasks import tracking
 from tasks.data import prepare_data
@@ -56,6 +57,7 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     """Runs pipeline NAME from pipelines.yaml (with --set style overrides) and returns its results."""
     started = time.perf_counter()
     cfg = load_pipeline(pipeline, config_path or DEFAULT_CONFIG, overrides or [])
+    check_fits(cfg, pipeline=pipeline, source=str(config_path or DEFAULT_CONFIG))  # scheduled runs too
     root = data_root(mnist_root)
     fingerprint = ensure_mnist(root, allow_download=mnist_root is None)
     tracking.check_store()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 PACKAGE = Path(__file__).resolve().parent
 TRAINING_SOURCES = ("models.py", "losses.py", "training.py", "data.py", "checkpoint.py", "encode.py",
@@ -50,36 +52,127 @@ class Entry:
         return self.folder / name
 
 
+T = TypeVar("T")
+DAMAGED = ".damaged"  # beside the entries; dot-named like the staging folders, so never a key
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _checksum(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(folder: Path) -> tuple[Optional[dict], str]:
+    """The entry's metadata, or why the entry cannot be trusted."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return None, "meta.json is missing"
+    except (OSError, ValueError) as exc:
+        return None, f"meta.json is unreadable: {exc}"
+    if not isinstance(meta, dict) or "checksum" not in meta or not isinstance(meta.get("files"), dict):
+        return None, "no checksum (written by an older version, cannot be verified)"
+    if _checksum({k: v for k, v in meta.items() if k != "checksum"}) != meta["checksum"]:
+        return None, "meta.json does not match its checksum (edited or damaged)"
+    for name, digest in meta["files"].items():
+        if not (folder / name).is_file():
+            return None, f"{name} is missing"
+        if _file_digest(folder / name) != digest:
+            return None, f"{name} does not match its checksum (truncated, replaced or damaged)"
+    return meta, ""
+
+
+def load_error(exc: BaseException) -> str:
+    """torch's reason a file did not load, without its advice to retry with weights_only=False:
+    that would execute whatever a damaged or foreign file holds."""
+    text = str(exc)
+    reason = text.partition("WeightsUnpickler error:")[2].strip() or text
+    first = (reason.split(". ")[0].splitlines() or [""])[0].strip()
+    if "weights_only" in first:
+        first = "not a plain tensor file"
+    return f"{type(exc).__name__}: {first}"
+
+
+def load_file(path: Path | str, loader: Callable[[str], T]) -> T:
+    """loader(path) for a file that should load (a verified store file); a failure names the
+    file and torch's reason, never its weights_only=False advice."""
+    try:
+        return loader(str(path))
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the file is unusable
+        raise RuntimeError(f"could not load {path} ({load_error(exc)})") from None
+
+
 class Store:
     """Folders named by key under root; an entry appears whole (atomic rename) or not at all, so
-    concurrent runs and runs killed mid-write never see a half-written entry."""
+    concurrent runs and runs killed mid-write never see a half-written entry.
 
-    def __init__(self, root: Path):
+    meta.json records a sha256 of each file and a checksum of the whole metadata (the results
+    other runs reuse: metrics, run id), both checked on every get. An entry that fails (damaged on
+    disk, edited by hand, written before checksums) is moved to root/.damaged/ for inspection with
+    one warning naming it and why, and reads as absent: the work is redone, never loaded and never
+    fatal. warn receives that line (default: the 'layerwise' logger)."""
+
+    def __init__(self, root: Path, warn: Optional[Callable[[str], Any]] = None):
         self.root = Path(root)
+        self.warn = warn or logging.getLogger("layerwise").warning
 
     def get(self, key: str) -> Optional[Entry]:
         folder = self.root / key
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError):
+        if not os.path.lexists(folder):
             return None
-        if not all((folder / name).is_file() for name in meta.get("files", [])):
+        meta, problem = _verify(folder)
+        if meta is None:
+            self.set_aside(key, problem)
             return None
         return Entry(folder, meta)
 
+    def load(self, key: str, loader: Callable[[Entry], T]) -> Optional[tuple[Entry, T]]:
+        """get(key) and loader(entry); an entry that verifies but still does not load is set
+        aside the same way (and None returned)."""
+        entry = self.get(key)
+        if entry is None:
+            return None
+        try:
+            return entry, loader(entry)
+        except Exception as exc:  # noqa: BLE001 - whatever the loader trips on, the entry is unusable
+            self.set_aside(key, f"does not load: {load_error(exc)}")
+            return None
+
+    def set_aside(self, key: str, why: str) -> None:
+        folder = self.root / key
+        target = self.root / DAMAGED / f"{key}-{datetime.now():%Y%m%dT%H%M%S.%f}"
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.rename(folder, target)
+        except FileNotFoundError:
+            return  # a concurrent run set it aside first, and said so
+        except OSError as exc:
+            self.warn(f"damaged cache entry {folder} ({why}) could not be set aside ({exc}); it is ignored")
+            return
+        self.warn(f"damaged cache entry {folder} ({why}): moved to {target}; it will be recomputed")
+
     def put(self, key: str, files: dict[str, Path], meta: dict) -> Entry:
         """Copies files (name -> source) into the entry; when another writer got there first,
-        theirs is kept (both are the same computation)."""
+        theirs is kept (both are the same computation); a damaged entry at the key is set aside."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:
             for name, source in files.items():
                 shutil.copyfile(source, staging / name)
-            (staging / "meta.json").write_text(json.dumps({**meta, "files": sorted(files)}, indent=2))
-            try:
-                os.rename(staging, self.root / key)
-            except OSError:
-                pass  # a concurrent writer finished first
+            # through JSON and back, so the checksum is of exactly what a later get reads
+            payload = json.loads(json.dumps({**meta, "files": {n: _file_digest(staging / n) for n in sorted(files)}}))
+            (staging / "meta.json").write_text(json.dumps({**payload, "checksum": _checksum(payload)}, indent=2))
+            for _ in range(2):
+                try:
+                    os.rename(staging, self.root / key)
+                    break
+                except OSError:
+                    if self.get(key) is not None:
+                        break  # a concurrent writer finished first
+                    # get set aside the damaged entry that blocked the rename: try once more
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         entry = self.get(key)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -20,6 +21,36 @@ MNIST_INPUT = 784
 MNIST_SHAPE = (1, 28, 28)
 MNIST_CLASSES = 10
 MNIST_TRAIN_IMAGES = 60_000
+MNIST_TEST_IMAGES = 10_000
+
+# Pipeline and variant names become paths and identifiers: an MLflow experiment, a folder under the
+# run's workdir, Prefect run names, the registered model NAME-classifier (which refuses '/' and ':').
+# Only these characters are safe in all of them; a name of dots alone ('.', '..') would walk the tree.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+NAME_RULE = "letters A-Z a-z, digits 0-9, '.', '_' and '-' only, and not dots alone"
+
+# Seeds go to torch.manual_seed / torch.Generator.manual_seed, pretraining stages after
+# seed * 100 + stage index: keeping seeds within 0..2**31-1 keeps that arithmetic far inside what
+# torch (64-bit) and numpy (32-bit) generators accept, so a seed never fails at run time.
+SEED_MAX = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+# What a config may cost to read. pipelines.yaml is ~10 KB and expands to ~2,000 values; these limits
+# leave 25-50x room and refuse, before any Python object is built, what would otherwise take minutes
+# and gigabytes: a 50 MB file (pure-Python PyYAML composes ~0.5 MB/s, at ~100 bytes of memory per
+# byte), or a "billion laughs" of aliases nested in aliases (684 bytes expanding 9^9-fold: the expanded
+# values are deep-copied, JSON-dumped and parsed again). 256 KiB keeps the parse itself well under 1 s.
+MAX_CONFIG_BYTES = 256 << 10      # the file, checked before parsing
+MAX_EXPANDED_NODES = 100_000      # YAML values once every alias is expanded
+MAX_EXPANDED_CHARS = 4 << 20      # their scalar characters (one long string aliased many times)
+MAX_OVERRIDE_BYTES = 64 << 10     # one --set value (schedule.parameters come in the same way)
+
+
+def name_problem(name: Any) -> Optional[str]:
+    """Why NAME cannot name a pipeline or variant (None if it can)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.strip("."):
+        return f"name {name!r} is not allowed: {NAME_RULE}"
+    return None
 
 
 class ConfigError(ValueError):
@@ -35,7 +66,7 @@ class DataConfig(Strict):
         None, ge=20, le=MNIST_TRAIN_IMAGES,
         description="images drawn from the 60,000 training images (validation included); null = all")
     val_size: int = Field(10_000, ge=10, description="held out of the training images for model selection")
-    split_seed: int = Field(0, description="seed of the train/validation split (kept apart from the "
+    split_seed: Seed = Field(0, description="seed of the train/validation split (kept apart from the "
                                            "fine-tune seed so one pretrained stack serves every seed)")
 
     @model_validator(mode="after")
@@ -169,7 +200,7 @@ class FinetuneConfig(TrainingConfig):
     init: Literal["pretrained", "scratch"] = "pretrained"
     labels: Union[int, Literal["all"], None] = Field(None, description="labelled images, class-balanced; 'all' = every training image")
     label_fraction: Optional[float] = Field(None, gt=0, le=1, description="alternative to labels: a fraction of the training images")
-    seed: int = Field(0, description="draws the labelled subset, the output layer and the batch order")
+    seed: Seed = Field(0, description="draws the labelled subset, the output layer and the batch order")
     scratch: Optional[TrainingOverrides] = Field(
         None, description="training settings that replace the ones above when init is scratch: random "
                           "init wants its own optimizer and learning rate")
@@ -194,7 +225,7 @@ class AblationConfig(Strict):
     """A grid of fine-tunes over one pretrained stack: label counts x seeds x inits."""
     labels: list[LabelSpec] = Field(default_factory=list, description="label counts (or 'all')")
     label_fractions: list[float] = Field(default_factory=list, description="fractions in (0, 1]")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     inits: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"],
                                                           min_length=1)
     workers: int = Field(2, ge=1, description="cells fine-tuned at once")
@@ -209,9 +240,11 @@ class AblationConfig(Strict):
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, value: dict):
-        for name in value:
-            if name in ("pretrained", "scratch") or not name.replace("-", "").replace("_", "").isalnum():
+        for name in value:  # a variant's name is a folder and a tag, as a pipeline's is
+            if name in ("pretrained", "scratch"):
                 raise ValueError(f"variant name {name!r} must be a word other than pretrained/scratch")
+            if name_problem(name):
+                raise ValueError(f"variant {name_problem(name)} (it names a folder and runs)")
         return value
 
     @model_validator(mode="after")
@@ -269,7 +302,7 @@ class RetrievalConfig(Strict):
 
 class PipelineConfig(Strict):
     description: str = ""
-    seed: int = Field(0, description="seed of pretraining (weights init and batch order)")
+    seed: Seed = Field(0, description="seed of pretraining (weights init and batch order)")
     data: DataConfig = Field(default_factory=DataConfig)
     layers: list[LayerConfig] = Field(..., min_length=1)
     finetune: Optional[FinetuneConfig] = None
@@ -279,6 +312,13 @@ class PipelineConfig(Strict):
     schedule: Optional[ScheduleConfig] = None
     variant: Optional[str] = Field(None, description="set on the cells of an ablation with variants: the "
                                                      "variant whose layers this config holds")
+
+    @field_validator("variant")
+    @classmethod
+    def _variant_is_a_name(cls, value: Optional[str]):
+        if value is not None and name_problem(value):  # the cells' folder is workdir / variant
+            raise ValueError(f"variant {name_problem(value)} (it names a folder and runs)")
+        return value
 
     @model_validator(mode="after")
     def _resolve(self):
@@ -470,25 +510,76 @@ def read_pipelines_file(path: Path | str = DEFAULT_CONFIG) -> dict[str, dict]:
     """The raw mapping of pipeline name -> dict, with YAML and shape errors as ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # never more: a huge file is refused unread
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the config file is over {MAX_CONFIG_BYTES // 1024} KiB; "
+                          f"refusing to parse it (the shipped pipelines.yaml is ~10 KiB)")
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_yaml(data, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}:{where}: broken YAML: {problem}") from None
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise ConfigError(f"{path}{where}: broken YAML: {problem}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("pipelines"), dict):
         raise ConfigError(f"{path}: expected a top-level 'pipelines:' mapping of name -> pipeline")
     extra = set(doc) - {"pipelines", "definitions"}
     if extra:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(extra)} (allowed: pipelines, definitions)")
     for name, body in doc["pipelines"].items():
+        if name_problem(name):
+            raise ConfigError(f"{path}: pipeline {name_problem(name)} (it names a folder, the MLflow "
+                              f"experiment and the registered model NAME-classifier)")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: pipeline '{name}': expected a mapping, got {type(body).__name__}")
     return doc["pipelines"]
+
+
+def safe_yaml(text: str | bytes, where: str) -> Any:
+    """yaml.safe_load, refusing (ConfigError naming `where`) a document that would expand beyond
+    MAX_EXPANDED_NODES values or MAX_EXPANDED_CHARS characters, before any Python object is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()  # the node graph: an alias is one more edge, not a copy
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Counts the values and scalar characters the node graph expands to, memoised per node so the
+    count is linear in the distinct nodes (a billion laughs is counted in milliseconds)."""
+    sizes: dict[int, Optional[tuple[int, int]]] = {}  # id(node) -> (values, characters); None: in progress
+
+    def size(node: yaml.Node) -> tuple[int, int]:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise ConfigError(f"{where}: line {node.start_mark.line + 1}: an alias refers to a value "
+                                  f"that contains it (it would expand forever)")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        if isinstance(node, yaml.ScalarNode):
+            values, chars = 1, len(node.value)
+        else:
+            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+            counts = [size(child) for child in children]
+            values, chars = 1 + sum(c[0] for c in counts), sum(c[1] for c in counts)
+        if values > MAX_EXPANDED_NODES or chars > MAX_EXPANDED_CHARS:
+            raise ConfigError(f"{where}: line {node.start_mark.line + 1}: the YAML holds more than "
+                              f"{MAX_EXPANDED_NODES:,} values or {MAX_EXPANDED_CHARS >> 20} MiB of text, each "
+                              f"alias (*name) counted as the value it repeats; refusing it")
+        sizes[id(node)] = (values, chars)
+        return values, chars
+
+    size(root)
 
 
 def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
@@ -498,8 +589,10 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{where}: --set expects dotted.key=value, got {item!r}")
+        if len(text.encode()) > MAX_OVERRIDE_BYTES:
+            raise ConfigError(f"{where}: --set {key}: the value is over {MAX_OVERRIDE_BYTES // 1024} KiB; refusing it")
         try:
-            value = yaml.safe_load(text)
+            value = safe_yaml(text, f"{where}: --set {key}")
         except yaml.YAMLError:
             raise ConfigError(f"{where}: --set {key}: value {text!r} is not valid YAML") from None
         parts = key.strip().split(".")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -65,6 +66,15 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+# Signals reach only the main thread; loops running in worker threads (an ablation's cells) stop at
+# their next batch once this is set, so an interrupted process ends within a batch, not a training.
+stop_requested = threading.Event()
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in a training loop when stop_requested is set: an interrupt, like Ctrl-C."""
+
+
 CHECK_EVERY = 50  # batches between finiteness checks: stop early without a sync on every batch
 
 
@@ -80,6 +90,8 @@ def run_epoch(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     and at the end: a diverged stage stops early without an .item() sync on every batch."""
     total = torch.zeros(())
     for count, idx in enumerate(minibatches(n, batch_size, generator), start=1):
+        if stop_requested.is_set():
+            raise Stopped(f"stage {stage}: stopped in epoch {epoch}")
         loss, value = step(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,7 +10,7 @@ import mlflow
 import torch
 from prefect import task
 
-from layerwise.cache import Store
+from layerwise.cache import Store, load_file
 from layerwise.checkpoint import load_encoder
 from layerwise.config import MNIST_CLASSES, PipelineConfig, flatten
 from layerwise.data import label_subset
@@ -19,13 +19,14 @@ from layerwise.training import accuracy, configure_cpu, train_classifier
 from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
 from tasks import tracking
 from tasks.logs import epoch_reporter, run_logger
+from tasks.pretrain import reuse_link
 
 STAGE = "finetune"
 CELL_LINK_TAG = "layerwise.cell_run_id"
 
 
 def cell_store() -> Store:
-    return Store(work_root() / "cells")
+    return Store(work_root() / "cells", warn=run_logger().warning)
 
 
 def build_classifier(cfg: PipelineConfig, weights: list[str]):
@@ -33,7 +34,7 @@ def build_classifier(cfg: PipelineConfig, weights: list[str]):
     if ft.init == "scratch":
         return scratch_classifier([layer.model_dump() for layer in cfg.layers], MNIST_CLASSES, ft.dropout,
                                   ft.seed, ft.input_dropout)
-    encoders = [freeze(load_encoder(path)[0]) for path in weights]
+    encoders = [freeze(load_file(path, load_encoder)[0]) for path in weights]
     return classifier_from_encoders(encoders, MNIST_CLASSES, ft.dropout, ft.seed, ft.input_dropout)
 
 
@@ -57,11 +58,16 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
     ft = cfg.finetune.in_force()
     n_labels = cfg.n_labels()
     mlf = tracking.client()
-    cached = cell_store().get(cache_key) if cache_key else None
+    store = cell_store()
+    cached = store.get(cache_key) if cache_key else None  # verified: an edited metric is not trusted
     tags = cell_tags(pipeline, cfg)
     title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
+    link_tag = CELL_LINK_TAG
+    if cached:  # a cell holds no files: from another tracking store only the link changes
+        link_tag, extra, _ = reuse_link(mlf, cached.meta, CELL_LINK_TAG)
+        tags.update(extra)
     run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
-                                      cached.meta["run_id"] if cached else None, CELL_LINK_TAG)
+                                      cached.meta["run_id"] if cached else None, link_tag)
     with tracking.run_status(mlf, run_id):
         tracking.log_params(mlf, run_id, {**flatten(ft.model_dump(exclude={"scratch"}), "finetune"),
                                           "sizes": cfg.sizes, "n_labels": n_labels,
@@ -91,7 +97,7 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
         if register_model:
             _log_model(run_id, model.eval(), f"{pipeline}-classifier", inputs["test"][:4])
         if cache_key:
-            cell_store().put(cache_key, {}, {"run_id": run_id, "metrics": metrics})
+            store.put(cache_key, {}, {"run_id": run_id, "tracking_uri": tracking.tracking_uri(), "metrics": metrics})
     return {"run_id": run_id, "trained_by": run_id, "n_labels": n_labels, **metrics}
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -69,15 +71,36 @@ def store_setup_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def probe_writes(uri: str) -> None:
+    """A store that reads but cannot write (a read-only database file or folder) would pass a read
+    and fail at the run's first log call with pages of tracebacks; a write rolled back tells now."""
+    db = sqlite_path(uri)
+    if db is None:
+        return  # a server decides for itself; its errors come back as one line too
+    if db.exists():
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=30)) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("CREATE TABLE layerwise_write_probe (x)")
+            finally:
+                con.execute("ROLLBACK")
+    artifacts = db.parent / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=artifacts, prefix=".layerwise-write-probe-"):
+        pass
+
+
 def check_store() -> str:
-    """Fail fast with a clear message when the store is unusable (no hour of compute lost to a
-    logging failure at the end). A server gets a quick health probe before MLflow's own retries."""
+    """Fail fast with one clear line when the store is unusable (no hour of compute lost to a
+    logging failure at the end): a server gets a quick health probe before MLflow's own retries,
+    then every store must answer a query and take a write."""
     uri = tracking_uri()
     try:
         if uri.startswith(("http://", "https://")):
             requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
         with store_setup_lock(uri):
             client().search_experiments(max_results=1)
+        probe_writes(uri)
     except Exception as exc:  # noqa: BLE001 - any failure here means the store can't be used
         first_line = (str(exc).splitlines() or [""])[0]
         raise TrackingError(f"MLflow tracking store {uri} is not usable ({type(exc).__name__}: {first_line}). "
@@ -153,20 +176,47 @@ def start_child_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: 
     return start_run(mlf, experiment_id, run_name, tags, parent_run_id)
 
 
+def unreachable(exc: BaseException) -> bool:
+    """The tracking server did not answer (timeout, refused connection) anywhere in exc's chain:
+    MLflow wraps the requests error in an MlflowException raised inside its handler."""
+    while exc is not None:
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextlib.contextmanager
 def run_status(mlf: MlflowClient, run_id: str, finish: bool = True) -> Iterator[None]:
-    """Ends the run FAILED on an error, KILLED on Ctrl-C / SIGTERM, else FINISHED (unless finish is
-    False: the run stays open for later work); never left RUNNING by an exception."""
+    """Ends the run FAILED on an error, KILLED on an interrupt (Ctrl-C, SIGTERM as KeyboardInterrupt
+    or Prefect's TerminationSignal: anything not an Exception), else FINISHED (unless finish is
+    False: the run stays open for later work). When the server itself stopped answering, marking
+    the run would only wait out the same timeouts again: it is left to the next run's stale-run
+    check (the process is gone by then)."""
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):
-        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    except Exception as exc:
+        if not unreachable(exc):
+            mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     except BaseException:
-        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
         raise
     if finish:
         mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def kill_open_runs(mlf: MlflowClient, experiment_name: str) -> list[str]:
+    """Every run of this process still RUNNING in the experiment ends KILLED: the last step of an
+    interrupt, for runs a signal caught between their creation and their status context."""
+    experiment = mlf.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    mine = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` = '{this_process()}'"
+    runs = [run.info.run_id for run in mlf.search_runs([experiment.experiment_id], mine, max_results=1000)]
+    for run_id in runs:
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return runs
 
 
 def log_params(mlf: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from prefect import task
 
-from layerwise.cache import Store, content_key
+from layerwise.cache import Store, content_key, load_file
 from layerwise.checkpoint import load_stage
 from layerwise.config import PipelineConfig, flatten
 from layerwise.encode import encode
@@ -17,6 +17,7 @@ from layerwise.paths import work_root
 from layerwise.training import configure_cpu, squared_error, train_unrolled
 from tasks import tracking
 from tasks.logs import epoch_reporter, run_logger
+from tasks.pretrain import FOREIGN_STORE_TAG, reuse_link
 
 STAGE = "unroll"
 MODEL_FILE = "deep-autoencoder.pt"
@@ -24,7 +25,7 @@ LINK_TAG = "layerwise.unroll_run_id"
 
 
 def unroll_store() -> Store:
-    return Store(work_root() / "unrolled")
+    return Store(work_root() / "unrolled", warn=run_logger().warning)
 
 
 def unroll_key(cfg: PipelineConfig, stage_keys: list[str]) -> str:
@@ -41,12 +42,18 @@ def unroll_finetune(parent_run_id: str, experiment_id: str, pipeline: str, confi
     cfg = PipelineConfig.model_validate(config)
     unroll = cfg.unroll
     key = unroll_key(cfg, stage_keys)
-    cached = unroll_store().get(key)
+    store = unroll_store()
+    found = store.load(key, lambda entry: load_unrolled(str(entry.file(MODEL_FILE))))
+    cached, model = found or (None, None)
     mlf = tracking.client()
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: STAGE, "layerwise.unroll_key": key}
+    link_tag, foreign = LINK_TAG, False
+    if cached:
+        link_tag, extra, foreign = reuse_link(mlf, cached.meta, LINK_TAG)
+        tags.update(extra)
     run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
-                                      cached.meta["run_id"] if cached else None, LINK_TAG)
+                                      cached.meta["run_id"] if cached else None, link_tag)
     with tracking.run_status(mlf, run_id):
         tracking.log_params(mlf, run_id, {**flatten(unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
         inputs = torch.load(inputs_path, weights_only=True)
@@ -54,9 +61,12 @@ def unroll_finetune(parent_run_id: str, experiment_id: str, pipeline: str, confi
             metrics, trained_by = cached.meta["metrics"], cached.meta["run_id"]
             run_logger().info(f"[{STAGE}] reused: identical fine-tune by MLflow run {trained_by} (key {key})")
             model_path = cached.file(MODEL_FILE)
-            model = load_unrolled(str(model_path))
+            if foreign:
+                mlf.log_artifact(run_id, str(model_path))
+                run_logger().info(f"[{STAGE}] run {trained_by} is not in this tracking store (it was tracked in "
+                                  f"{tags[FOREIGN_STORE_TAG]}): its model is logged to this run")
         else:
-            model = DeepAutoencoder([load_stage(path)[0] for path in weights])
+            model = DeepAutoencoder([load_file(path, load_stage)[0] for path in weights])
             before = squared_error(model, inputs["test"])
             result = train_unrolled(model, inputs["train"], inputs["val"], epochs=unroll.epochs,
                                     batch_size=unroll.batch_size, optimizer=unroll.optimizer, lr=unroll.lr,
@@ -69,9 +79,9 @@ def unroll_finetune(parent_run_id: str, experiment_id: str, pipeline: str, confi
             local.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"state_dict": model.state_dict(), "config": cfg.model_dump()}, local)
             mlf.log_artifact(run_id, str(local))
-            model_path = unroll_store().put(key, {MODEL_FILE: local}, {
-                "run_id": run_id, "pipeline": pipeline, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "metrics": metrics}).file(MODEL_FILE)
+            model_path = store.put(key, {MODEL_FILE: local}, {
+                "run_id": run_id, "pipeline": pipeline, "tracking_uri": tracking.tracking_uri(),
+                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": metrics}).file(MODEL_FILE)
             trained_by = run_id
         tracking.log_metrics(mlf, run_id, metrics, step=unroll.epochs)
         run_logger().info(f"[{STAGE}] test squared error per image {metrics['test_sq_error']:.2f} "

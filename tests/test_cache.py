@@ -1,6 +1,12 @@
 import json
+import logging
+import shutil
 
-from layerwise.cache import Store, code_version, stage_key
+import numpy as np
+import pytest
+import torch
+
+from layerwise.cache import Store, code_version, load_file, stage_key
 
 PRETRAIN = {"seed": 0, "data": {"train_size": None, "val_size": 10000, "split_seed": 0},
             "layers": [{"size": 1000, "l1": 0.03, "epochs": 3}, {"size": 500, "l1": 0.03, "epochs": 3}]}
@@ -44,10 +50,124 @@ def test_store_round_trip_and_first_writer_wins(tmp_path):
     assert [p.name for p in (tmp_path / "stages").iterdir()] == ["k"]  # no staging folders left
 
 
-def test_an_entry_missing_a_file_is_not_returned(tmp_path):
-    store = Store(tmp_path)
-    src = tmp_path / "w.pt"
-    src.write_bytes(b"x")
-    entry = store.put("k", {"w.pt": src}, {})
-    entry.file("w.pt").unlink()
+def _stored(store, tmp_path, key, value=0.0, run_id="a"):
+    """A real entry: a torch weights file and the results other runs would reuse."""
+    src = tmp_path / f"{key}-src.pt"
+    torch.save({"w": torch.full((64,), value)}, src)
+    return store.put(key, {"w.pt": src}, {"run_id": run_id, "metrics": {"test_error": 2.5}})
+
+
+def _truncate(entry, tmp_path):
+    data = entry.file("w.pt").read_bytes()
+    entry.file("w.pt").write_bytes(data[:len(data) // 2])
+
+
+def _swap(entry, tmp_path):  # a valid torch file, of another entry
+    other = _stored(Store(tmp_path / "other"), tmp_path, "other", value=1.0)
+    shutil.copyfile(other.file("w.pt"), entry.file("w.pt"))
+
+
+def _edit_metric(entry, tmp_path):
+    meta = json.loads(entry.file("meta.json").read_text())
+    meta["metrics"]["test_error"] = 0.1
+    entry.file("meta.json").write_text(json.dumps(meta))
+
+
+def _old_format(entry, tmp_path):  # what earlier versions wrote: a list of files, no checksum
+    meta = json.loads(entry.file("meta.json").read_text())
+    entry.file("meta.json").write_text(json.dumps({"run_id": meta["run_id"], "metrics": meta["metrics"],
+                                                   "files": ["w.pt"]}))
+
+
+DAMAGE = {
+    "truncated file": (_truncate, "w.pt does not match its checksum"),
+    "swapped file": (_swap, "w.pt does not match its checksum"),
+    "deleted file": (lambda entry, _: entry.file("w.pt").unlink(), "w.pt is missing"),
+    "missing meta": (lambda entry, _: entry.file("meta.json").unlink(), "meta.json is missing"),
+    "garbled meta": (lambda entry, _: entry.file("meta.json").write_text('{"run_id": "a", "metr'),
+                     "meta.json is unreadable"),
+    "edited metric": (_edit_metric, "meta.json does not match its checksum"),
+    "old format": (_old_format, "no checksum"),
+}
+
+
+def _assert_set_aside(store, key, warnings, why):
+    """Exactly one warning, naming the entry, where it went and why; the folder is kept there."""
+    [line] = warnings
+    [aside] = (store.root / ".damaged").iterdir()
+    assert aside.name.startswith(f"{key}-") and any(aside.iterdir())  # kept for inspection, not deleted
+    assert str(store.root / key) in line and str(aside) in line and why in line
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_entry_is_set_aside_with_one_warning_and_reads_as_absent(tmp_path, damage):
+    warnings = []
+    store = Store(tmp_path / "stages", warn=warnings.append)
+    harm, why = DAMAGE[damage]
+    harm(_stored(store, tmp_path, "k"), tmp_path)
     assert store.get("k") is None
+    _assert_set_aside(store, "k", warnings, why)
+    assert not (store.root / "k").exists()
+    assert store.get("k") is None and len(warnings) == 1  # gone: no second warning
+
+
+def test_an_intact_entry_verifies_on_every_get(tmp_path):
+    warnings = []
+    store = Store(tmp_path, warn=warnings.append)
+    _stored(store, tmp_path, "k")
+    for _ in range(2):
+        entry = store.get("k")
+        assert entry.meta["metrics"] == {"test_error": 2.5} and torch.load(entry.file("w.pt"))["w"].sum() == 0
+    assert warnings == [] and not (tmp_path / ".damaged").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated file", "garbled meta", "old format"])
+def test_put_over_a_damaged_entry_sets_it_aside_and_stores_the_new_one(tmp_path, damage):
+    warnings = []
+    store = Store(tmp_path / "stages", warn=warnings.append)
+    harm, why = DAMAGE[damage]
+    harm(_stored(store, tmp_path, "k"), tmp_path)
+    entry = _stored(store, tmp_path, "k", value=3.0, run_id="b")
+    assert entry.meta["run_id"] == "b" and torch.load(entry.file("w.pt"))["w"][0] == 3.0
+    _assert_set_aside(store, "k", warnings, why)
+    assert store.get("k").meta["run_id"] == "b"
+
+
+def test_a_concurrent_writers_intact_entry_is_kept_without_warning(tmp_path):
+    warnings = []
+    store = Store(tmp_path, warn=warnings.append)
+    _stored(store, tmp_path, "k", run_id="theirs")
+    assert _stored(store, tmp_path, "k", value=5.0, run_id="mine").meta["run_id"] == "theirs"
+    assert warnings == [] and not (tmp_path / ".damaged").exists()
+
+
+def test_the_warning_goes_to_the_layerwise_logger_by_default(tmp_path, caplog):
+    store = Store(tmp_path)
+    _stored(store, tmp_path, "k").file("w.pt").unlink()
+    with caplog.at_level(logging.WARNING, logger="layerwise"):
+        assert store.get("k") is None
+    [record] = caplog.records
+    assert record.name == "layerwise" and str(tmp_path / "k") in record.getMessage()
+
+
+def test_an_entry_that_verifies_but_does_not_load_is_set_aside_without_torchs_advice(tmp_path):
+    warnings = []
+    store = Store(tmp_path, warn=warnings.append)
+    src = tmp_path / "pickled.pt"
+    torch.save({"w": np.zeros(3)}, src)  # a checksum of what was stored, but not a plain tensor file
+    store.put("k", {"w.pt": src}, {"run_id": "a"})
+    assert store.load("k", lambda entry: torch.load(entry.file("w.pt"), weights_only=True)) is None
+    _assert_set_aside(store, "k", warnings, "does not load: UnpicklingError")
+    assert "weights_only" not in warnings[0] and "numpy" in warnings[0]
+
+
+def test_load_file_names_the_file_and_drops_torchs_advice(tmp_path):
+    for name, content in [("pickled.pt", {"w": np.zeros(3)}), ("truncated.pt", {"w": torch.zeros(64)})]:
+        torch.save(content, tmp_path / name)
+    data = (tmp_path / "truncated.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
+    for name in ("pickled.pt", "truncated.pt"):
+        with pytest.raises(RuntimeError) as caught:
+            load_file(tmp_path / name, lambda path: torch.load(path, weights_only=True))
+        message = str(caught.value)
+        assert str(tmp_path / name) in message and "weights_only" not in message and "\n" not in message
