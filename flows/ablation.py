@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layerwise.cache import content_key
 from layerwise.config import AblationConfig, PipelineConfig
-from layerwise.training import stop_requested
+from layerwise import training  # the module, not its Event: a flow's globals travel to Dask workers
 from tasks.finetune import finetune
 from tasks.logs import run_logger
 from tasks.report import summarize_ablation
@@ -50,7 +50,7 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     threads = threads_per_cell(grid)
     run_logger().info(f"{len(cells)} cells, {grid.workers} at a time with {threads} torch thread(s) each "
                       f"({grid.runner})")
-    stop_requested.clear()
+    training.stop_requested.clear()
     futures = []
     for cell in cells:
         stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else {"weights": [], "keys": []}
@@ -60,7 +60,7 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     try:
         wait(futures)
     except BaseException:
-        stop_requested.set()  # interrupted: the cells run in worker threads, which no signal reaches
+        training.stop_requested.set()  # interrupted: the cells run in worker threads, which no signal reaches
         raise
     failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]
     if failed:
