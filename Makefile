@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 # serve talks to the server `make server` starts unless PREFECT_API_URL already points elsewhere
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install run test bench clean ui server serve mlflow-server
+.PHONY: install run test test-fast bench clean ui server serve mlflow-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The fast tier: the math, config and store tests; none that spawns processes, starts servers, runs a
+# flow or reads the full MNIST (those are marked slow). Under a minute on 2 cores; CI runs make test.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Not part of make test: speed, overhead, reuse, memory, scaling (about 15 min on 2 cores).
 bench: install

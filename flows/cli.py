@@ -14,6 +14,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
+from flows.schedules import check_schedules  # noqa: E402
 from layerwise.config import ConfigError, load_all, load_pipeline  # noqa: E402
 from layerwise.data import DataError, ensure_mnist  # noqa: E402
 from layerwise.memory import check_fits  # noqa: E402
@@ -55,19 +56,23 @@ def what_runs(cfg) -> str:
 
 
 def cmd_list(args) -> int:
-    for name, cfg in load_all(args.config).items():
+    pipelines = load_all(args.config)
+    check_schedules(pipelines, args.config)
+    for name, cfg in pipelines.items():
         print(f"{name:<18} {cfg.shape_text():<24} {what_runs(cfg):<22} {cfg.description}")
     return EXIT_OK
 
 
 def cmd_validate(args) -> int:
     pipelines = load_all(args.config)
+    check_schedules(pipelines, args.config)
     print(f"{args.config}: {len(pipelines)} pipeline(s) valid: {', '.join(pipelines)}")
     return EXIT_OK
 
 
 def cmd_run(args) -> int:
     cfg = load_pipeline(args.name, args.config, args.overrides)
+    check_schedules({args.name: cfg}, args.config)
     check_fits(cfg, pipeline=args.name, source=args.config)
     root = data_root(args.data_root)
     ensure_mnist(root, allow_download=args.data_root is None and "MNIST_ROOT" not in os.environ)
@@ -96,6 +101,7 @@ def cmd_run(args) -> int:
 
 def cmd_serve(args) -> int:
     pipelines = load_all(args.config)
+    check_schedules(pipelines, args.config)
     from flows.serve import ServeError, serve_pipelines
 
     try:

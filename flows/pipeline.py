@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Optional
 
+import torch
 from prefect import flow, runtime
 
 from flows.ablation import label_ablation, runner_for
@@ -18,29 +18,31 @@ from layerwise.config import PipelineConfig, load_pipeline
 from layerwise.data import ensure_mnist
 from layerwise.memory import check_fits
 from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
+from layerwise.stack import Splits, pretrain_stack
 from tasks import tracking
 from tasks.data import prepare_data
 from tasks.analyses import retrieval
+from tasks.context import RunContext
 from tasks.finetune import finetune
 from tasks.pretrain import pretrain_layer
 from tasks.runs import open_pipeline_run, record_results
 
 
-def pretrain_stack(cfg: PipelineConfig, run_id: str, experiment_id: str, pipeline: str, inputs: str,
-                   fingerprint: str, workdir: Path) -> dict:
-    """One loop over `layers:`: each stage trains on the codes of the one below. Returns the
-    weights files, the stage keys (what the stack's cells are keyed by) and the top codes file."""
-    codes, weights, keys = inputs, [], []
-    folder = workdir / cfg.variant if cfg.variant else workdir
-    for index, layer in enumerate(cfg.layers, start=1):
+def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[dict, Splits]:
+    """The core's greedy loop, each stage a task (stored stages reused, each tracked as a child run).
+    Returns the stack as the later flows take it (weights files, and the stage keys its cells are
+    keyed by) and the top layer's codes."""
+    prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
+    folder = run.workdir / cfg.variant if cfg.variant else run.workdir
+    stage_run = RunContext(run.parent_run_id, run.experiment_id, run.pipeline, folder)
+
+    def stage(layer, codes, seed, index, callback):
         key = stage_key(cfg.pretrain_dict(), index, fingerprint)
-        stage = pretrain_layer.with_options(task_run_name=f"pretrain-{cfg.variant}-{index}" if cfg.variant
-                                            else f"pretrain-{index}")(
-            run_id, experiment_id, pipeline, index, layer.model_dump(), cfg.seed, codes, str(folder), key)
-        codes = stage["codes"]
-        weights.append(stage["weights"])
-        keys.append(key)
-    return {"weights": weights, "keys": keys, "codes": codes}
+        return pretrain_layer.with_options(task_run_name=f"{prefix}-{index}")(stage_run, layer, codes, seed, index,
+                                                                             key)
+
+    stack = pretrain_stack(cfg.layers, inputs, cfg.seed, stage=stage, keep_codes=False)
+    return {"weights": [s.weights for s in stack.stages], "keys": [s.key for s in stack.stages]}, stack.codes
 
 
 def needs_stack(cfg: PipelineConfig) -> bool:
@@ -64,15 +66,22 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     parent = open_pipeline_run(pipeline, cfg.model_dump(), str(runtime.flow_run.id or ""))
     run_id, experiment_id = parent["run_id"], parent["experiment_id"]
     workdir = work_root() / "runs" / f"{run_id}-{uuid.uuid4().hex[:6]}"
+    run = RunContext(run_id, experiment_id, pipeline, workdir)
     mlf = tracking.client()
     try:
         with tracking.run_status(mlf, run_id):
             data = prepare_data(str(root), cfg.data.model_dump(), str(workdir))
-            stacks = {}
+            stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
-                stacks = {stack.variant or "": pretrain_stack(stack, run_id, experiment_id, pipeline, data["inputs"],
-                                                              fingerprint, workdir) for stack in cfg.stacks()}
-            codes = {name: stack["codes"] for name, stack in stacks.items()}
+                inputs = torch.load(data["inputs"], weights_only=True)
+                for stack_cfg in cfg.stacks():
+                    name = stack_cfg.variant or ""
+                    stacks[name], top = pretrain(stack_cfg, run, inputs, fingerprint)
+                    if cfg.retrieval:
+                        codes[name] = workdir / name / "codes.pt"
+                        codes[name].parent.mkdir(parents=True, exist_ok=True)
+                        torch.save(top, codes[name])
+                del inputs, top
             if cfg.unroll:
                 result = deep_autoencoder(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
                                           data["labels"], stacks[""], str(workdir))
@@ -86,7 +95,7 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
                                   data["labels"], stacks.get("", {}).get("weights", []), cfg.cell_name())
             if cfg.retrieval:
                 result["retrieval"] = {space: retrieval(run_id, experiment_id, pipeline, cfg.retrieval.model_dump(),
-                                                        data["inputs"], data["labels"], path, space or "stack",
+                                                        data["inputs"], data["labels"], str(path), space or "stack",
                                                         str(workdir))
                                        for space, path in codes.items()}
             result["wall_seconds"] = time.perf_counter() - started

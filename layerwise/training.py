@@ -30,6 +30,8 @@ class EpochReport:
         shown = "  ".join(f"{k} {v:.4g}" for k, v in self.metrics.items())
         return f"[{self.stage}] epoch {self.epoch}/{self.epochs}  {shown}  ({self.seconds:.1f} s)"
 
+    __str__ = line  # callback=print shows the progress line
+
 
 Callback = Callable[[EpochReport], None]
 

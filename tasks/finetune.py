@@ -15,8 +15,10 @@ from layerwise.checkpoint import load_encoder
 from layerwise.config import MNIST_CLASSES, PipelineConfig, flatten
 from layerwise.data import label_subset
 from layerwise.paths import PROJECT_ROOT, work_root
-from layerwise.training import accuracy, configure_cpu, train_classifier
-from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
+from layerwise.finetune import Labelled
+from layerwise.finetune import finetune as train
+from layerwise.training import accuracy, configure_cpu
+from layerwise.transfer import freeze
 from tasks import tracking
 from tasks.logs import epoch_reporter, run_logger
 from tasks.pretrain import reuse_link
@@ -29,13 +31,9 @@ def cell_store() -> Store:
     return Store(work_root() / "cells", warn=run_logger().warning)
 
 
-def build_classifier(cfg: PipelineConfig, weights: list[str]):
-    ft = cfg.finetune.in_force()
-    if ft.init == "scratch":
-        return scratch_classifier([layer.model_dump() for layer in cfg.layers], MNIST_CLASSES, ft.dropout,
-                                  ft.seed, ft.input_dropout)
-    encoders = [freeze(load_file(path, load_encoder)[0]) for path in weights]
-    return classifier_from_encoders(encoders, MNIST_CLASSES, ft.dropout, ft.seed, ft.input_dropout)
+def load_encoders(weights: list[str]) -> list[torch.nn.Module]:
+    """The stack's frozen encoders from its stage files (a cell may run in another process)."""
+    return [freeze(load_file(path, load_encoder)[0]) for path in weights]
 
 
 def cell_tags(pipeline: str, cfg: PipelineConfig) -> dict[str, str]:
@@ -81,13 +79,11 @@ def finetune(parent_run_id: str, experiment_id: str, pipeline: str, config: dict
         labels = torch.load(labels_path, weights_only=True)
         subset = label_subset(labels["train"], n_labels, ft.seed)
         _log_json(mlf, run_id, "label_subset.json", labels["train_index"][subset].tolist())
-        model = build_classifier(cfg, weights)
-        result = train_classifier(
-            model, inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"],
-            epochs=ft.epochs_for(n_labels), batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr,
-            momentum=ft.momentum, weight_decay=ft.weight_decay, schedule=ft.schedule, keep=ft.keep,
-            hidden_lr_scale=ft.hidden_lr_scale, head_epochs=ft.head_epochs,
-            seed=ft.seed, stage=f"{STAGE} {cell_name}", callback=epoch_reporter(mlf, run_id))
+        labelled = Labelled(inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"])
+        encoders = load_encoders(weights) if ft.init == "pretrained" else None
+        tuned = train(encoders, labelled, cfg.finetune, cfg.layers, MNIST_CLASSES, f"{STAGE} {cell_name}",
+                      epoch_reporter(mlf, run_id))
+        model, result = tuned.model, tuned.result
         test_accuracy = accuracy(model, inputs["test"], labels["test"])
         metrics = {"test_accuracy": test_accuracy, "test_error": 100.0 * (1.0 - test_accuracy),
                    "best_epoch": float(result.best_epoch), "train_seconds": result.seconds}

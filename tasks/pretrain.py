@@ -3,22 +3,22 @@ stage trained before), freeze it, encode every split once."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from layerwise.cache import Store
 from layerwise.checkpoint import load_encoder, save_stage
 from layerwise.config import LayerConfig, flatten
-from layerwise.encode import encode
-from layerwise.models import seeded_stage
 from layerwise.paths import work_root
-from layerwise.training import configure_cpu, train_autoencoder
+from layerwise.stack import Splits, Stage, encode_splits, train_stage
+from layerwise.training import configure_cpu
 from layerwise.transfer import freeze
 from tasks import tracking
+from tasks.context import RunContext
 from tasks.logs import epoch_reporter, run_logger
 
 LINK_TAG = "layerwise.pretrain_run_id"
@@ -64,31 +64,40 @@ def reuse_link(mlf: MlflowClient, meta: dict, link_tag: str) -> tuple[str, dict[
     return FOREIGN_RUN_TAG, {FOREIGN_STORE_TAG: str(meta.get("tracking_uri", "unknown"))}, True
 
 
-@task(name="pretrain", task_run_name="pretrain-{index}")
-def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index: int, layer: dict,
-                   seed: int, inputs_path: str, workdir: str, cache_key: str) -> dict[str, str]:
-    """Returns the stage's weights file, its codes file (the next stage's input), its run id and
-    the id of the run that trained the weights (itself, or the earlier run whose stage it reused,
-    which may be in another tracking store: see reuse_link)."""
+@dataclass
+class StoredStage(Stage):
+    """A pipeline's stage: the core's Stage plus where its weights are stored and its MLflow runs."""
+    weights: str = ""      # the stage file in the stage store (cells and the unroll load it)
+    key: str = ""          # its store key
+    run_id: str = ""       # this run's stage run
+    trained_by: str = ""   # the run that trained the weights: run_id, or an earlier run's (reused)
+
+
+@task(name="pretrain", task_run_name="pretrain-{index}", cache_policy=NO_CACHE)
+def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: int, index: int,
+                   cache_key: str) -> StoredStage:
+    """One stage of the core's greedy loop (layerwise.stack.pretrain_stack calls it with each
+    layer's inputs): reused from the stage store when an identical stage was trained before (by
+    any run, maybe tracked in another store: see reuse_link), else trained by the core's
+    train_stage; either way tracked as a child run and its splits encoded once."""
     configure_cpu()
-    cfg = LayerConfig.model_validate(layer)
     stage = stage_name(index)
-    resolved = {"layer": cfg.model_dump(), "index": index, "seed": seed, "pipeline": pipeline}
+    resolved = {"layer": layer.model_dump(), "index": index, "seed": seed, "pipeline": run.pipeline}
     store = stage_store()
     found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0]))
     cached, encoder = found or (None, None)
     mlf = tracking.client()
-    shape = f"{cfg.channels}c{cfg.kernel}p{cfg.pool}" if cfg.kind == "conv" else str(cfg.size)
-    title = f"{stage} {cfg.input}→{shape} {cfg.activation} {_regularisers(cfg)}"
-    tags = {tracking.PIPELINE_TAG: pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
+    shape = f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv" else str(layer.size)
+    title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"
+    tags = {tracking.PIPELINE_TAG: run.pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
     link_tag, foreign = LINK_TAG, False
     if cached:
         link_tag, extra, foreign = reuse_link(mlf, cached.meta, LINK_TAG)
         tags.update(extra)
-    run_id = tracking.start_child_run(mlf, experiment_id, title, tags, parent_run_id,
+    run_id = tracking.start_child_run(mlf, run.experiment_id, title, tags, run.parent_run_id,
                                       cached.meta["run_id"] if cached else None, link_tag)
+    model = result = None
     with tracking.run_status(mlf, run_id):
-        inputs = torch.load(inputs_path, weights_only=True)
         tracking.log_params(mlf, run_id, flatten(resolved))
         if cached:
             weights = cached.file(f"{stage}.pt")
@@ -99,24 +108,17 @@ def pretrain_layer(parent_run_id: str, experiment_id: str, pipeline: str, index:
                 mlf.log_artifact(run_id, str(weights))
                 run_logger().info(f"[{stage}] run {trained_by} is not in this tracking store (it was tracked in "
                                   f"{tags[FOREIGN_STORE_TAG]}): its weights are logged to this run")
-            tracking.log_metrics(mlf, run_id, cached.meta["final_metrics"], step=cfg.epochs)
+            tracking.log_metrics(mlf, run_id, cached.meta["final_metrics"], step=layer.epochs)
         else:
-            model = seeded_stage(cfg.model_dump(), seed * 100 + index)
-            result = train_autoencoder(
-                model, inputs["train"], inputs["val"], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                l1=cfg.l1, l2=cfg.l2, contractive=cfg.contractive, noise=cfg.denoising and (cfg.denoising.kind, cfg.denoising.level, cfg.denoising.rescale),
-                seed=seed * 100 + index, stage=stage, settings=f"layers.{index - 1}",
-                callback=epoch_reporter(mlf, run_id))
-            local = save_stage(Path(workdir) / stage / f"{stage}.pt", model, resolved)
+            model, result = train_stage(layer, inputs, seed, index, callback=epoch_reporter(mlf, run_id))
+            local = save_stage(run.workdir / stage / f"{stage}.pt", model, resolved)
             mlf.log_artifact(run_id, str(local))
             weights = store.put(cache_key, {local.name: local}, {
-                "run_id": run_id, "pipeline": pipeline, "stage": stage, "tracking_uri": tracking.tracking_uri(),
+                "run_id": run_id, "pipeline": run.pipeline, "stage": stage, "tracking_uri": tracking.tracking_uri(),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": result.seconds,
                 "final_metrics": result.history[-1].metrics}).file(local.name)
             encoder = freeze(model.encoder)
             trained_by = run_id
-        codes = Path(workdir) / stage / "codes.pt"
-        codes.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({split: encode(encoder, x) for split, x in inputs.items()}, codes)
-    return {"weights": str(weights), "codes": str(codes), "run_id": run_id, "trained_by": trained_by}
+        codes = encode_splits(encoder, inputs)
+    return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=run_id,
+                       trained_by=trained_by)

@@ -1,6 +1,6 @@
 """MLflow bookkeeping with explicit run ids (the fluent API's active run is per thread).
 
-The public contract (README "MLflow"): experiment = pipeline name, one parent run per execution
+The public contract (docs/mlflow.md): experiment = pipeline name, one parent run per execution
 tagged layerwise.pipeline, one nested child run per stage tagged layerwise.stage.
 """
 from __future__ import annotations

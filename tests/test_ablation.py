@@ -6,6 +6,8 @@ from mlflow.tracking import MlflowClient
 from conftest import mnist_root
 from flows.pipeline import layerwise_pipeline
 
+pytestmark = pytest.mark.slow
+
 CELLS = {(labels, seed, init) for labels in (20, 50) for seed in (0, 1) for init in ("pretrained", "scratch")}
 
 

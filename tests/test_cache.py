@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.cache import Store, code_version, load_file, stage_key
+from layerwise.cache import TRAINING_SOURCES, Store, code_version, load_file, stage_key
 
 PRETRAIN = {"seed": 0, "data": {"train_size": None, "val_size": 10000, "split_seed": 0},
             "layers": [{"size": 1000, "l1": 0.03, "epochs": 3}, {"size": 500, "l1": 0.03, "epochs": 3}]}
@@ -171,3 +171,58 @@ def test_load_file_names_the_file_and_drops_torchs_advice(tmp_path):
             load_file(tmp_path / name, lambda path: torch.load(path, weights_only=True))
         message = str(caught.value)
         assert str(tmp_path / name) in message and "weights_only" not in message and "\n" not in message
+
+
+# ---- the code version: the training code's bytes, nothing else --------------------------------------
+# A real check on a copy of the sources: layerwise.cache.PACKAGE is pointed at a copy of the package
+# (beside copies of flows/ and tasks/), the copy's files are edited, and the real hash is taken.
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    """A copy of layerwise/, flows/ and tasks/ under tmp_path; the code version reads the copy."""
+    from layerwise import cache
+
+    repo = cache.PACKAGE.parent
+    copy = tmp_path / "repo"
+    for package in ("layerwise", "flows", "tasks"):
+        shutil.copytree(repo / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "PACKAGE", copy / "layerwise")
+    return copy
+
+
+def _append_comment(path):
+    with open(path, "a") as handle:
+        handle.write("\n# an edit that changes no behaviour\n")
+
+
+def _keys():
+    return code_version(), stage_key(PRETRAIN, 1, "fp"), stage_key(PRETRAIN, 2, "fp")
+
+
+def test_the_code_version_is_read_from_the_package_it_points_at(sources):
+    version, *keys = _keys()
+    original = (sources / "layerwise" / "training.py").read_bytes()
+    _append_comment(sources / "layerwise" / "training.py")
+    assert code_version() != version
+    (sources / "layerwise" / "training.py").write_bytes(original)
+    assert _keys() == (version, *keys)  # the bytes, not the path or the time of the edit
+
+
+@pytest.mark.parametrize("name", TRAINING_SOURCES)
+def test_editing_the_training_code_changes_the_code_version_and_every_stage_key(sources, name):
+    before = _keys()
+    _append_comment(sources / "layerwise" / name)
+    after = _keys()
+    assert all(new != old for new, old in zip(after, before)), f"editing {name} left a key unchanged"
+    assert len(after[0]) == 12 and after == _keys()
+
+
+@pytest.mark.parametrize("path", ["flows/pipeline.py", "flows/ablation.py", "tasks/finetune.py", "tasks/pretrain.py",
+                                  "tasks/tracking.py", "layerwise/cache.py", "layerwise/report.py",
+                                  "layerwise/new_module.py"])  # the last one is created by the edit
+def test_editing_a_flow_a_task_or_other_code_keeps_the_code_version_and_the_stage_keys(sources, path):
+    assert path not in {f"layerwise/{name}" for name in TRAINING_SOURCES}
+    before = _keys()
+    _append_comment(sources / path)
+    assert (sources / path).read_text().endswith("# an edit that changes no behaviour\n")
+    assert _keys() == before

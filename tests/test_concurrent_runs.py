@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from servers import base_env
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_runs_at_once_keep_separate_complete_run_trees(tracking, tmp_path):

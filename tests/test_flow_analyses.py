@@ -7,6 +7,8 @@ from mlflow.tracking import MlflowClient
 from conftest import mnist_root
 from flows.pipeline import layerwise_pipeline
 
+pytestmark = pytest.mark.slow
+
 
 def test_deep_autoencoder_is_unrolled_compared_with_pca_and_mapped(prefect_harness, tracking, tmp_path):
     result = layerwise_pipeline("smoke-deep-ae", mnist_root=str(mnist_root()))

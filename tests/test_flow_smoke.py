@@ -9,6 +9,8 @@ from mlflow.tracking import MlflowClient
 from conftest import mnist_root
 from flows.pipeline import layerwise_pipeline
 
+pytestmark = pytest.mark.slow
+
 STAGES = ["pretrain-1", "pretrain-2", "pretrain-3", "finetune"]
 
 

@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from conftest import mnist_root
 from servers import run_until
 
+pytestmark = pytest.mark.slow
+
 EXIT_WITHIN_S = 10
 
 

@@ -5,10 +5,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from servers import base_env, run_until
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_killed_run_is_marked_killed_and_the_next_run_resumes_from_its_finished_stages(tracking, tmp_path):

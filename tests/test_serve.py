@@ -5,6 +5,7 @@ import signal
 import sys
 import time
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from prefect import get_client
@@ -14,6 +15,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import REPO
 from servers import Process, base_env, prefect_server
+
+pytestmark = pytest.mark.slow
 
 
 def _write_config(path, pipelines: dict) -> None:

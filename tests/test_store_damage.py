@@ -4,6 +4,7 @@ under another tracking store carries its weights into that store."""
 import json
 import logging
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -13,8 +14,11 @@ from layerwise.paths import work_root
 from tasks import tracking as tr
 from tasks.data import prepare_data
 from tasks.finetune import finetune
+from tasks.context import RunContext
 from tasks.pretrain import pretrain_layer
 from tasks.unroll import unroll_finetune
+
+pytestmark = pytest.mark.slow
 
 LAYERS = [{"size": 32, "epochs": 1, "lr": 0.003, "batch_size": 32},
           {"size": 2, "activation": "linear", "epochs": 1, "lr": 0.003, "batch_size": 32}]
@@ -40,21 +44,23 @@ def test_a_stage_whose_stored_weights_are_damaged_is_retrained_with_a_warning(tm
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = _data(tmp_path)
-    args = (parent, experiment_id, "damage", 1, STACK.layers[0].model_dump(), 0, data["inputs"])
-    first = pretrain_layer.fn(*args, str(tmp_path / "w1"), "stage-key")
+    inputs = torch.load(data["inputs"])
+    first = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", tmp_path / "w1"), STACK.layers[0], inputs,
+                              0, 1, "stage-key")
     stored = work_root() / "stages" / "stage-key" / "pretrain-1.pt"
     stored.write_bytes(stored.read_bytes()[:1000])  # truncated: torch cannot load it
 
     with caplog.at_level(logging.WARNING, logger="layerwise"):
-        second = pretrain_layer.fn(*args, str(tmp_path / "w2"), "stage-key")
-    assert second["trained_by"] == second["run_id"] != first["run_id"]  # retrained, not reused
-    run = client.get_run(second["run_id"])
+        second = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", tmp_path / "w2"), STACK.layers[0],
+                                   inputs, 0, 1, "stage-key")
+    assert second.trained_by == second.run_id != first.run_id  # retrained, not reused
+    run = client.get_run(second.run_id)
     assert run.info.status == "FINISHED" and "layerwise.reused" not in run.data.tags
     [line] = _warnings(caplog)
     assert str(stored.parent) in line and "pretrain-1.pt does not match its checksum" in line
     [aside] = (work_root() / "stages" / ".damaged").iterdir()
     assert aside.name.startswith("stage-key-") and (aside / "pretrain-1.pt").stat().st_size == 1000
-    assert torch.load(second["weights"], weights_only=True)["config"]["index"] == 1  # a sound entry again
+    assert torch.load(second.weights, weights_only=True)["config"]["index"] == 1  # a sound entry again
 
 
 def test_an_ablation_cell_whose_stored_test_error_was_edited_is_recomputed(tmp_path, tracking, caplog):
@@ -91,11 +97,12 @@ def test_stages_and_the_unrolled_model_reused_under_another_tracking_store_carry
     def run_stack(workdir):
         client = MlflowClient(tr.tracking_uri())
         experiment_id, parent = _parent(client)
-        stages, codes = [], data["inputs"]
+        stages, codes = [], torch.load(data["inputs"])
         for index, layer in enumerate(cfg.layers, 1):
-            stages.append(pretrain_layer.fn(parent, experiment_id, "damage", index, layer.model_dump(), 0, codes,
-                                            str(workdir), f"key-{index}"))
-            codes = stages[-1]["codes"]
+            stage = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", workdir), layer, codes, 0, index,
+                                      f"key-{index}")
+            stages.append({"run_id": stage.run_id, "trained_by": stage.trained_by, "weights": stage.weights})
+            codes = stage.codes
         unrolled = unroll_finetune.fn(parent, experiment_id, "damage", cfg.model_dump(), data["inputs"],
                                       [s["weights"] for s in stages], ["key-1", "key-2"], str(workdir))
         return client, stages + [unrolled]

@@ -1,6 +1,7 @@
 """Tasks through .fn: real MNIST slices, a private MLflow store, no Prefect run."""
 import json
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -10,7 +11,10 @@ from layerwise.config import PipelineConfig
 from tasks import tracking as tr
 from tasks.data import prepare_data
 from tasks.finetune import finetune
+from tasks.context import RunContext
 from tasks.pretrain import pretrain_layer
+
+pytestmark = pytest.mark.slow
 
 CONFIG = {
     "data": {"train_size": 300, "val_size": 60},
@@ -38,20 +42,21 @@ def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    stage = pretrain_layer.fn(parent, experiment_id, "tasks", 1, cfg.layers[0].model_dump(), 0, data["inputs"],
-                              str(tmp_path / "w"), "key-1")
-    run = client.get_run(stage["run_id"])
+    run_ctx = RunContext(parent, experiment_id, "tasks", tmp_path / "w")
+    stage = pretrain_layer.fn(run_ctx, cfg.layers[0], torch.load(data["inputs"]), 0, 1, "key-1")
+    run = client.get_run(stage.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["layerwise.stage"] == "pretrain-1" and run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["layer.l1"] == "0.01" and run.data.params["layer.input"] == "784"
-    history = client.get_metric_history(stage["run_id"], "recon_loss")
+    history = client.get_metric_history(stage.run_id, "recon_loss")
     assert [m.step for m in history] == [1, 2]
     assert {"val_recon_loss", "code_l1", "code_active_frac"} <= set(run.data.metrics)
-    codes = torch.load(stage["codes"])
-    assert {k: tuple(v.shape) for k, v in codes.items()} == {"train": (240, 32), "val": (60, 32), "test": (10000, 32)}
-    encoder, saved_config = load_encoder(stage["weights"])
+    assert {k: tuple(v.shape) for k, v in stage.codes.items()} == {"train": (240, 32), "val": (60, 32),
+                                                                 "test": (10000, 32)}
+    encoder, saved_config = load_encoder(stage.weights)
     assert saved_config["layer"]["size"] == 32 and saved_config["layer"]["loss"] == "bce"
-    assert [a.path for a in client.list_artifacts(stage["run_id"])] == ["pretrain-1.pt"]
+    assert torch.equal(encoder[0].weight, stage.encoder[0].weight)  # the stored stage is the one in memory
+    assert [a.path for a in client.list_artifacts(stage.run_id)] == ["pretrain-1.pt"]
 
 
 def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking):
@@ -59,12 +64,12 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    weights, codes = [], data["inputs"]
+    weights, codes = [], torch.load(data["inputs"])
     for index, layer in enumerate(cfg.layers, 1):
-        stage = pretrain_layer.fn(parent, experiment_id, "tasks", index, layer.model_dump(), 0, codes,
-                                  str(tmp_path / "w"), f"key-{index}")
-        weights.append(stage["weights"])
-        codes = stage["codes"]
+        stage = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w"), layer, codes, 0, index,
+                                  f"key-{index}")
+        weights.append(stage.weights)
+        codes = stage.codes
     result = finetune.fn(parent, experiment_id, "tasks", cfg.model_dump(), data["inputs"], data["labels"], weights)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["layerwise.labels"] == "100"
@@ -82,15 +87,18 @@ def test_a_stage_with_a_known_key_is_reused_not_retrained(tmp_path, tracking):
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    args = (experiment_id, "tasks", 1, cfg.layers[0].model_dump(), 0, data["inputs"])
-    first = pretrain_layer.fn(parent, *args, str(tmp_path / "w1"), "same-key")
-    second = pretrain_layer.fn(parent, *args, str(tmp_path / "w2"), "same-key")
-    assert second["trained_by"] == first["run_id"] != second["run_id"]
-    reused = client.get_run(second["run_id"])
+    inputs = torch.load(data["inputs"])
+    first = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w1"), cfg.layers[0], inputs, 0,
+                              1, "same-key")
+    second = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w2"), cfg.layers[0], inputs,
+                               0, 1, "same-key")
+    assert second.trained_by == first.run_id != second.run_id
+    assert second.model is None  # nothing trained
+    reused = client.get_run(second.run_id)
     assert reused.data.tags["layerwise.reused"] == "true"
-    assert reused.data.tags["layerwise.pretrain_run_id"] == first["run_id"]
+    assert reused.data.tags["layerwise.pretrain_run_id"] == first.run_id
     assert reused.info.run_name.endswith("(reused)")
     # no training happened: one copied point per metric, at the last epoch, equal to the original's
-    history = client.get_metric_history(second["run_id"], "recon_loss")
-    assert [(m.step, m.value) for m in history] == [(2, client.get_run(first["run_id"]).data.metrics["recon_loss"])]
-    assert torch.equal(torch.load(first["codes"])["val"], torch.load(second["codes"])["val"])
+    history = client.get_metric_history(second.run_id, "recon_loss")
+    assert [(m.step, m.value) for m in history] == [(2, client.get_run(first.run_id).data.metrics["recon_loss"])]
+    assert torch.equal(first.codes["val"], second.codes["val"])

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, mnist_root
 from servers import base_env, mlflow_server
 
+pytestmark = pytest.mark.slow
+
 FAIL_WITHIN_S = 60
 HANG_S = 120  # a hung request is released after this, so the fake server always stops by itself
 

@@ -4,10 +4,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from servers import base_env, free_port, mlflow_server
+
+pytestmark = pytest.mark.slow
 
 
 def test_smoke_runs_against_an_mlflow_tracking_server(tmp_path):

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from layerwise.config import LayerConfig, resolve_layers
 from layerwise.encode import encode
+from layerwise.stack import pretrain_stack, pretrain_stage
 from layerwise.models import Autoencoder
 from layerwise.training import train_autoencoder, train_classifier
 from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
@@ -11,18 +13,25 @@ def _dense(n_in, n_out, activation):
     return {"input": n_in, "size": n_out, "activation": activation}
 
 
+def _layers(sizes, epochs=2):
+    layers = [LayerConfig(size=n_out, activation="sigmoid", epochs=epochs, batch_size=8, optimizer="adam", lr=1e-2,
+                          l1=0.01) for n_out in sizes[1:]]
+    resolve_layers(layers, (sizes[0],))
+    return layers
+
+
 def _stack(x, sizes, epochs=2):
-    """Greedy pretraining on tiny data: returns the frozen encoders and a snapshot of each."""
-    encoders, snapshots, codes = [], [], x
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        ae = Autoencoder(n_in, n_out, "sigmoid", "bce")
-        train_autoencoder(ae, codes, codes[:8], epochs=epochs, batch_size=8, optimizer="adam", lr=1e-2,
-                          l1=0.01, seed=i)
-        encoder = freeze(ae.encoder)
-        snapshots.append({k: v.clone() for k, v in encoder.state_dict().items()})
-        encoders.append(encoder)
-        codes = encode(encoder, codes)
-    return encoders, snapshots
+    """Greedy pretraining on tiny data through the library's loop: the frozen encoders and a
+    snapshot of each taken right after its stage trained (before the stages above it)."""
+    snapshots = []
+
+    def stage(layer, inputs, seed, index, callback):
+        trained = pretrain_stage(layer, inputs, seed, index, callback)
+        snapshots.append({k: v.clone() for k, v in trained.encoder.state_dict().items()})
+        return trained
+
+    stack = pretrain_stack(_layers(sizes, epochs), {"train": x, "val": x[:8]}, stage=stage)
+    return stack.encoders, snapshots
 
 
 def test_frozen_encoder_is_bit_identical_after_later_stages_train():

@@ -1,0 +1,37 @@
+"""Typed pipeline configuration: pipelines.yaml -> validated, resolved PipelineConfig.
+
+Every problem with a config (broken YAML, unknown key, wrong type, inconsistent sizes) is raised
+as a ConfigError whose message names the file, the pipeline and the dotted key, so the CLI can
+print it and exit 2 before any data is read or any MLflow run exists.
+
+  schema.py   the pydantic models, constants, and layer resolution (resolve_layers)
+  grid.py     the ablation grid a pipeline expands to (cells, stacks, cell names)
+  loading.py  reading the file (size and YAML-expansion guards), --set overrides, validation
+  errors.py   ConfigError and the wording of pydantic's errors
+
+The package imports no Prefect or MLflow: cron and timezone strings are judged in
+flows/schedules.py, next to `layerwise serve`.
+"""
+from layerwise.config.errors import ConfigError, describe_errors
+from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES,
+                                     NAME_PATTERN, NAME_RULE, SEED_MAX, AblationConfig, Activation, DataConfig,
+                                     Denoising, FinetuneConfig, LabelSpec, LayerConfig, Optimization, Optimizer,
+                                     PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Strict, TrainingConfig,
+                                     TrainingOverrides, UnrollConfig, name_problem, resolve_layers)
+from layerwise.config.loading import (MAX_CONFIG_BYTES, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES,
+                                      MAX_OVERRIDE_BYTES, apply_overrides, flatten, load_all, load_pipeline,
+                                      read_pipelines_file, safe_yaml, validate_pipeline)
+
+__all__ = [
+    # errors
+    "ConfigError", "describe_errors",
+    # schema
+    "MNIST_CLASSES", "MNIST_INPUT", "MNIST_SHAPE", "MNIST_TEST_IMAGES", "MNIST_TRAIN_IMAGES", "NAME_PATTERN",
+    "NAME_RULE", "SEED_MAX", "AblationConfig", "Activation", "DataConfig", "Denoising", "FinetuneConfig",
+    "LabelSpec", "LayerConfig", "Optimization", "Optimizer", "PipelineConfig", "RetrievalConfig",
+    "ScheduleConfig", "Seed", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
+    "resolve_layers",
+    # loading (grid.py's functions are reached as PipelineConfig.cells(), .stacks(), ...)
+    "MAX_CONFIG_BYTES", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_OVERRIDE_BYTES", "apply_overrides",
+    "flatten", "load_all", "load_pipeline", "read_pipelines_file", "safe_yaml", "validate_pipeline",
+]

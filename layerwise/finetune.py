@@ -1,0 +1,62 @@
+"""Fine-tuning as a library call: the stacked encoders (or the same net from random init) plus a
+random output layer, trained by backprop on the few labelled images there are.
+
+    tuned = finetune(stack.encoders, Labelled(x, y, x_val, y_val), cfg.finetune, cfg.layers)
+    accuracy(tuned.model, x_test, y_test)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
+from layerwise.models import Classifier
+from layerwise.training import Callback, TrainResult, train_classifier
+from layerwise.transfer import classifier_from_encoders, scratch_classifier
+
+
+@dataclass
+class Labelled:
+    """The labelled training images and the validation split that selects the epoch kept."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@dataclass
+class Finetuned:
+    model: Classifier
+    result: TrainResult
+
+
+def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig, layers: list[LayerConfig],
+                     n_classes: int = MNIST_CLASSES) -> Classifier:
+    """config.init 'pretrained': copies of the encoders; 'scratch': the same architecture (layers)
+    from random init. The output layer is random, seeded by config.seed."""
+    ft = config.in_force()
+    if ft.init == "scratch":
+        return scratch_classifier([layer.model_dump() for layer in layers], n_classes, ft.dropout, ft.seed,
+                                  ft.input_dropout)
+    if not encoders:
+        raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
+    return classifier_from_encoders(encoders, n_classes, ft.dropout, ft.seed, ft.input_dropout)
+
+
+def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: FinetuneConfig,
+             layers: list[LayerConfig], n_classes: int = MNIST_CLASSES, name: str = "finetune",
+             callback: Optional[Callback] = None) -> Finetuned:
+    """Builds the classifier (build_classifier) and trains it with config's settings in force for
+    its init (finetune.scratch overrides a scratch control's); name labels progress and errors."""
+    ft = config.in_force()
+    model = build_classifier(encoders, config, layers, n_classes)
+    result = train_classifier(
+        model, labelled.x_train, labelled.y_train, labelled.x_val, labelled.y_val,
+        epochs=ft.epochs_for(len(labelled.y_train)), batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr,
+        momentum=ft.momentum, weight_decay=ft.weight_decay, schedule=ft.schedule, keep=ft.keep,
+        hidden_lr_scale=ft.hidden_lr_scale, head_epochs=ft.head_epochs, seed=ft.seed, stage=name,
+        callback=callback)
+    return Finetuned(model, result)

@@ -1,0 +1,101 @@
+"""Greedy layer-wise pretraining as a library call: train each layer's autoencoder on the codes of
+the one below, freeze it, encode every split once. No tracker, no orchestrator: progress goes to
+the callback, and the pipeline's task plugs its stage store and MLflow runs in through `stage=`.
+
+    stack = pretrain_stack(cfg.layers, {"train": x_train, "val": x_val}, seed=0, callback=print)
+    stack.codes["train"]  # the top layer's codes; stack.encoders: the frozen encoders, bottom first
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
+
+import torch
+from torch import nn
+
+from layerwise.config import LayerConfig
+from layerwise.encode import encode
+from layerwise.models import Reconstructor, seeded_stage
+from layerwise.training import Callback, TrainResult, train_autoencoder
+from layerwise.transfer import freeze
+
+Splits = dict[str, torch.Tensor]  # split name (train, val, test) -> inputs or codes, one row per image
+
+
+@dataclass
+class Stage:
+    """One pretrained layer: its frozen encoder and the codes of every split it encoded."""
+    index: int  # 1-based, as in the run names pretrain-1, pretrain-2, ...
+    encoder: nn.Module
+    codes: Splits
+    model: Optional[Reconstructor] = None  # the whole autoencoder, when trained here
+    result: Optional[TrainResult] = None   # its training history, when trained here
+
+
+@dataclass
+class Stack:
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def encoders(self) -> list[nn.Module]:
+        return [stage.encoder for stage in self.stages]
+
+    @property
+    def codes(self) -> Splits:
+        """The top layer's codes."""
+        return self.stages[-1].codes
+
+
+def stage_seed(seed: int, index: int) -> int:
+    """Each stage's own seed (init and batch order), so stage i does not depend on how many
+    random numbers the stages below it drew."""
+    return seed * 100 + index
+
+
+def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
+                callback: Optional[Callback] = None) -> tuple[Reconstructor, TrainResult]:
+    """The layer's autoencoder, seeded, trained on inputs['train'] with its settings, scored on
+    inputs['val'] after every epoch."""
+    model = seeded_stage(layer.model_dump(), stage_seed(seed, index))
+    noise = layer.denoising and (layer.denoising.kind, layer.denoising.level, layer.denoising.rescale)
+    result = train_autoencoder(
+        model, inputs["train"], inputs["val"], epochs=layer.epochs, batch_size=layer.batch_size,
+        optimizer=layer.optimizer, lr=layer.lr, momentum=layer.momentum, weight_decay=layer.weight_decay,
+        l1=layer.l1, l2=layer.l2, contractive=layer.contractive, noise=noise, seed=stage_seed(seed, index),
+        stage=f"pretrain-{index}", settings=f"layers.{index - 1}", callback=callback)
+    return model, result
+
+
+def encode_splits(encoder: nn.Module, inputs: Splits) -> Splits:
+    return {split: encode(encoder, x) for split, x in inputs.items()}
+
+
+def pretrain_stage(layer: LayerConfig, inputs: Splits, seed: int = 0, index: int = 1,
+                   callback: Optional[Callback] = None) -> Stage:
+    """Train one layer, freeze its encoder, encode every split."""
+    model, result = train_stage(layer, inputs, seed, index, callback)
+    encoder = freeze(model.encoder)
+    return Stage(index, encoder, encode_splits(encoder, inputs), model, result)
+
+
+class StageFn(Protocol):
+    def __call__(self, layer: LayerConfig, inputs: Splits, seed: int, index: int,
+                 callback: Optional[Callback]) -> Stage: ...
+
+
+def pretrain_stack(layers: list[LayerConfig], inputs: Splits, seed: int = 0, callback: Optional[Callback] = None,
+                   stage: StageFn = pretrain_stage, keep_codes: bool = True) -> Stack:
+    """The greedy loop: layer i trains on the codes of layer i-1 (layer 1 on inputs). `layers` are
+    resolved layer configs (PipelineConfig.layers); `stage` trains one layer (default: here, in
+    memory; the pipeline passes its task, which reuses stored stages and tracks each in MLflow).
+    keep_codes=False drops each stage's codes once the stage above has encoded them (the top
+    layer's stay): a 1000-wide code of 70,000 images is 280 MB."""
+    stack, codes = Stack(), inputs
+    for index, layer in enumerate(layers, start=1):
+        trained = stage(layer, codes, seed, index, callback)
+        if stack.stages and not keep_codes:
+            stack.stages[-1].codes = {}
+        stack.stages.append(trained)
+        codes = trained.codes
+    return stack
+
