@@ -8,6 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from layerwise.config import LayerConfig
 from layerwise.models import seeded_autoencoder
 from layerwise.training import ACTIVE_THRESHOLD, configure_cpu, train_autoencoder
 
@@ -35,8 +36,10 @@ def stage_flops(n_in: int, n_code: int, n_train: int, n_val: int) -> float:
 
 def project_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1: float, seed: int = 1) -> float:
     model = seeded_autoencoder(x.shape[1], n_code, "sigmoid", "bce", seed)
+    layer = LayerConfig(input=x.shape[1], size=n_code, loss="bce", epochs=1, batch_size=batch, optimizer="adam",
+                        lr=1e-3, l1=l1)
     t0 = time.perf_counter()
-    train_autoencoder(model, x, x_val, epochs=1, batch_size=batch, optimizer="adam", lr=1e-3, l1=l1, seed=seed)
+    train_autoencoder(model, x, x_val, layer, seed)
     return time.perf_counter() - t0
 
 

@@ -20,9 +20,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 
 import flows.pipeline as pipeline_module  # noqa: E402
+import layerwise.finetune  # noqa: E402
+import layerwise.stack  # noqa: E402
 import tasks.data  # noqa: E402
 import tasks.finetune  # noqa: E402
-import tasks.pretrain  # noqa: E402
 from benchmarks.timers import Ledger  # noqa: E402
 from layerwise.cache import Store  # noqa: E402
 
@@ -35,9 +36,11 @@ def instrument() -> Ledger:
     ledger.patch(SubprocessASGIServer, "start", "prefect_api_start")
     ledger.patch(pipeline_module, "ensure_mnist", "data_loading")
     ledger.patch(tasks.data, "load_mnist", "data_loading")
-    ledger.patch(tasks.pretrain, "train_autoencoder", lambda a, k: f"compute:{k['stage']}")
-    ledger.patch(tasks.pretrain, "encode", "encoding")
-    ledger.patch(tasks.finetune, "train_classifier", lambda a, k: "compute:finetune")
+    # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.stack)
+    # and finetune (layerwise.finetune) look these names up in their own modules
+    ledger.patch(layerwise.stack, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")
+    ledger.patch(layerwise.stack, "encode", "encoding")
+    ledger.patch(layerwise.finetune, "train_classifier", lambda a, k: "compute:finetune")
     ledger.patch(tasks.finetune, "accuracy", lambda a, k: "compute:finetune")
     ledger.patch(Store, "get", "cache_lookup")
     ledger.patch(Store, "put", "cache_store")
@@ -62,10 +65,10 @@ def main() -> None:
     wall = time.perf_counter() - t0
     seconds = dict(ledger.seconds)
     seconds["prefect_bookkeeping_and_glue"] = wall - sum(seconds.values())
-    summary = {k: result[k] for k in ("test_error", "wall_seconds") if k in result}
-    if "cells" in result:
+    summary = {**result.outcome.parent_metrics(), "wall_seconds": result.wall_seconds}
+    if hasattr(result.outcome, "cells"):
         summary["cells"] = [{k: c[k] for k in ("labels", "seed", "init", "test_error", "train_seconds",
-                                                 "run_id", "trained_by")} for c in result["cells"]]
+                                                 "run_id", "trained_by")} for c in result.outcome.cells]
     json.dump({"pipeline": args.name, "overrides": args.overrides, "import_seconds": IMPORTED - STARTED,
                "wall_seconds": wall, "seconds": seconds, "calls": dict(ledger.calls),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "result": summary},

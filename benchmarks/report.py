@@ -21,6 +21,27 @@ def _row(what: str, measured: str, target: str, ok) -> str:
 
 def targets(r: dict) -> list[str]:
     rows = ["| measure | measured | target | |", "|---|---|---|---|"]
+    if "kernels" in r:
+        rows += _section_targets(r)
+    if "e2e" in r:
+        rows += e2e_targets(r["e2e"])
+    return rows
+
+
+def e2e_targets(e: dict) -> list[str]:
+    n = e["pairs"]
+    return [
+        _row(f"end to end: `layerwise run {e['pipeline']}` / bare PyTorch script, whole processes "
+             f"({n} pair{'s' if n > 1 else ''} alternated{', quick sizes' if e.get('quick') else ''})",
+             f"{e['layerwise_seconds']:.1f} s / {e['bare_seconds']:.1f} s = {e['ratio']:.3f}",
+             f"≤ {e['target']:.2f}", e["ratio"] <= e["target"]),
+        _row("end to end: test error, layerwise / bare", f"{e['test_error']['layerwise']:.2f}% / "
+             f"{e['test_error']['bare']:.2f}% ({'bit-identical' if e['identical_metrics'] else 'not identical'})",
+             "same", abs(e["test_error"]["layerwise"] - e["test_error"]["bare"]) < 0.1)]
+
+
+def _section_targets(r: dict) -> list[str]:
+    rows = []
     k = r["kernels"]
     rows.append(_row(f"fp32 matmul peak ({k['threads']} threads)", f"{k['matmul_peak_gflops']:.0f} GFLOP/s", "", None))
     for stage in k["stages"]:
@@ -53,7 +74,34 @@ def targets(r: dict) -> list[str]:
     return rows
 
 
+def e2e_details(e: dict) -> list[str]:
+    lines = ["", f"### End to end: `layerwise run {e['pipeline']}` against a bare PyTorch script (whole processes)", "",
+             "Each run is a fresh process, timed from fork to exit; the layerwise one with a fresh sqlite MLflow "
+             "store and LAYERWISE_WORKDIR (nothing reused) and its own temporary Prefect API. CPU: user + sys of "
+             "the process and the children it reaped. Load: the 1-minute load average before → after.", "",
+             "| # | command | wall s | CPU s | peak RSS MB | test error | kept epoch | load |", "|---|---|---|---|---|---|---|---|"]
+    for r in e["runs"]:
+        what = "bare_quickstart.py" if r["kind"] == "bare" else f"layerwise run {e['pipeline']}"
+        lines.append(f"| {r['pair']} | {what} | {r['process_seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['test_error']:.4f}% | {r['best_epoch']} | "
+                     f"{r['load_before']:.2f} → {r['load_after']:.2f} |")
+    ratios = ", ".join(f"{x:.3f}" for x in e["pair_ratios"])
+    lines += ["", f"Wall ratio per pair: {ratios}; CPU-time ratio {e['cpu_ratio']:.3f}. The layerwise process "
+                  f"spends {e['layerwise_outside_flow_seconds']:.1f} s outside its flow (imports, the checks, the "
+                  f"temporary Prefect API start, shutdown). Metrics "
+                  f"{'bit-identical (test error, final recon losses, kept epoch)' if e['identical_metrics'] else 'differ: see the table'}"
+                  f"{'' if e['repeatable'] else '; runs of the same kind differ between pairs'}."]
+    return lines
+
+
 def details(r: dict) -> list[str]:
+    lines = _section_details(r) if "kernels" in r else []
+    if "e2e" in r:
+        lines += e2e_details(r["e2e"])
+    return lines
+
+
+def _section_details(r: dict) -> list[str]:
     o = r["orchestration"]
     lines = ["", f"### Where quickstart's {o['wall_seconds']:.1f} s go", "", "| part | seconds | share |", "|---|---|---|"]
     parts = sorted(o["parts"].items(), key=lambda kv: (not kv[0].startswith(("compute:", "encoding")), -kv[1]))
@@ -89,9 +137,16 @@ def details(r: dict) -> list[str]:
     return lines
 
 
+def _load(r: dict) -> str:
+    if "load_before" not in r:
+        return ""
+    return (f"; load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in r['load_before'])} before, "
+            f"{', '.join(f'{x:.2f}' for x in r['load_after'])} after")
+
+
 def markdown(r: dict) -> str:
     machine = r["machine"]
     head = [f"## layerwise benchmarks — {machine['cpus']} CPU cores, {'a GPU' if machine['gpu'] else 'no GPU'}, "
             f"torch {machine['torch']}{' (quick mode)' if r.get('quick') else ''}",
-            f"Run {r['started']}, {r['bench_seconds'] / 60:.1f} min.", ""]
+            f"Run {r['started']}, {r['bench_seconds'] / 60:.1f} min{_load(r)}.", ""]
     return "\n".join(head + targets(r) + details(r)) + "\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import kernels
+from benchmarks import e2e, kernels
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
 from layerwise.data import load_mnist
@@ -80,15 +80,40 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
+    parser.add_argument("--only", choices=["e2e"], default=None,
+                        help="run one section alone; e2e: `layerwise run quickstart` against a bare PyTorch script "
+                             "(writes results/e2e.json and e2e.md, latest.* untouched)")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="end-to-end line: how many (bare, layerwise) pairs, alternated (default: %(default)s)")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     started = time.perf_counter()
+    results: dict = {"machine": {"cpus": threads, "gpu": torch.cuda.is_available(), "torch": torch.__version__,
+                                 "processor": platform.processor() or platform.machine()},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_before": os.getloadavg()}
+    if args.only != "e2e":
+        run_sections(args, results, threads)
+    log(f"== end to end: the whole `layerwise run quickstart` against a bare PyTorch script, {args.pairs} pair(s)")
+    results["e2e"] = e2e.run(args.pairs, args.quick, log=log)
+    results["load_after"] = os.getloadavg()
+    results["bench_seconds"] = time.perf_counter() - started
+    results["quick"] = args.quick
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    # a section alone never overwrites the full report; quick runs never overwrite measured ones
+    name = {(None, False): "latest", (None, True): "quick", ("e2e", False): "e2e", ("e2e", True): "quick.e2e"}[
+        (args.only, args.quick)]
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    report = markdown(results)
+    (RESULTS / f"{name}.md").write_text(report)
+    log("\n" + report)
+    return 0
+
+
+def run_sections(args, results: dict, threads: int) -> None:
+    """Kernels, scaling, quickstart twice, a grid, memory: everything but the end-to-end line."""
     scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
     quick_cfg = load_pipeline("quickstart")
     layer = quick_cfg.layers[0]
-    results: dict = {"machine": {"cpus": threads, "gpu": torch.cuda.is_available(), "torch": torch.__version__,
-                                 "processor": platform.processor() or platform.machine()},
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         log(f"== kernels ({threads} threads, batch {layer.batch_size}, the quickstart stack)")
         mnist = load_mnist(data_root(), None, quick_cfg.data.val_size, 0)
@@ -155,15 +180,6 @@ def main() -> int:
                              "by_images": memory, "mb_per_10k_images": fit["slope"], "fit_r2": fit["r2"]}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    results["bench_seconds"] = time.perf_counter() - started
-    results["quick"] = args.quick
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "quick" if args.quick else "latest"
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
-    report = markdown(results)
-    (RESULTS / f"{name}.md").write_text(report)
-    log("\n" + report)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from layerwise.cache import content_key
 from layerwise.config import AblationConfig, PipelineConfig
 from layerwise import training  # the module, not its Event: a flow's globals travel to Dask workers
+from tasks.context import RunContext
+from tasks.data import DataFiles
 from tasks.finetune import finetune
+from tasks.pretrain import StackFiles
 from tasks.logs import run_logger
 from tasks.report import summarize_ablation
+from tasks.results import AblationResult, CellResult
 
 
 def runner_for(grid: AblationConfig):
@@ -41,11 +45,10 @@ def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str) -> s
                         "finetune": ft.model_dump(exclude={"scratch"})})
 
 
-@flow(name="label-ablation", flow_run_name="{pipeline}-grid")
-def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs: str, labels: str,
-                   stacks: dict[str, dict], fingerprint: str) -> dict:
-    """stacks: the pretrained stacks by variant name ('' without variants), as pretrain_stack gives them."""
-    cfg = PipelineConfig.model_validate(config)
+@flow(name="label-ablation", flow_run_name="{run.pipeline}-grid", validate_parameters=False)
+def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks: dict[str, StackFiles],
+                   fingerprint: str) -> AblationResult:
+    """stacks: the pretrained stacks by variant name ('' without variants), as pipeline.pretrain gives them."""
     grid, cells = cfg.ablation, cfg.cells()
     threads = threads_per_cell(grid)
     run_logger().info(f"{len(cells)} cells, {grid.workers} at a time with {threads} torch thread(s) each "
@@ -53,10 +56,10 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
     training.stop_requested.clear()
     futures = []
     for cell in cells:
-        stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else {"weights": [], "keys": []}
-        futures.append(finetune.submit(parent_run_id, experiment_id, pipeline, cell.model_dump(), inputs, labels,
-                                       stack["weights"], cell.cell_name(), threads,
-                                       cell_key(cell, stack["keys"], fingerprint), register_model=False))
+        stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else StackFiles()
+        task = finetune.with_options(task_run_name=f"finetune-{cell.cell_name()}")
+        futures.append(task.submit(run, cell, data, list(stack.weights), threads,
+                                   cell_key(cell, list(stack.keys), fingerprint), register_model=False))
     try:
         wait(futures)
     except BaseException:
@@ -68,11 +71,12 @@ def label_ablation(parent_run_id: str, experiment_id: str, pipeline: str, config
                            f"re-run only trains the rest")
     rows = []
     for cell, future in zip(cells, futures):
-        result = future.result()
-        rows.append({"labels": result["n_labels"], "seed": cell.finetune.seed, "init": cell.method(),
-                     **{k: result[k] for k in ("test_error", "test_accuracy", "best_epoch", "train_seconds",
-                                               "run_id", "trained_by")}})
-    report = summarize_ablation(parent_run_id, pipeline, rows)
+        result: CellResult = future.result()
+        rows.append({"labels": result.n_labels, "seed": cell.finetune.seed, "init": cell.method(),
+                     "test_error": result.test_error, "test_accuracy": result.test_accuracy,
+                     "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
+                     "run_id": result.run_id, "trained_by": result.trained_by})
+    report = summarize_ablation(run.parent_run_id, run.pipeline, rows)
     reused = sum(row["run_id"] != row["trained_by"] for row in rows)
     run_logger().info(f"{len(rows)} cells done ({reused} reused from earlier runs)\n{report['markdown']}")
-    return {"cells": rows, "summary": report["summary"], "markdown": report["markdown"]}
+    return AblationResult(rows, report["summary"], report["markdown"])

@@ -5,7 +5,7 @@ import argparse
 import os
 import signal
 import sys
-import time
+import threading
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A tracking server that stops answering must fail the run within a minute, not after MLflow's
@@ -14,11 +14,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
+from flows.checks import check_run  # noqa: E402
 from flows.schedules import check_schedules  # noqa: E402
-from layerwise.config import ConfigError, load_all, load_pipeline  # noqa: E402
-from layerwise.data import DataError, ensure_mnist  # noqa: E402
-from layerwise.memory import check_fits  # noqa: E402
-from layerwise.paths import DEFAULT_CONFIG, data_root  # noqa: E402
+from layerwise.config import ConfigError, load_all  # noqa: E402
+from layerwise.data import DataError  # noqa: E402
+from layerwise.paths import DEFAULT_CONFIG  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,8 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # so runs end KILLED, not left RUNNING
+INTERRUPTED = threading.Event()  # a Ctrl-C or SIGTERM arrived: whatever the run then raises, it was stopped
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C and SIGTERM end the run as a KeyboardInterrupt, so its runs end KILLED. Prefect turns a
+    SIGTERM during a flow into its own TerminationSignal and, once that has unwound its engine, sends
+    the signal again: an interrupt already on its way out is not raised a second time (raised inside
+    the engine's clean-up it would surface as some other error and the run would exit 1, not 130)."""
+    INTERRUPTED.set()
+    in_flight = sys.exc_info()[1]
+    if in_flight is not None and not isinstance(in_flight, Exception):
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def what_runs(cfg) -> str:
@@ -71,31 +82,22 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    cfg = load_pipeline(args.name, args.config, args.overrides)
-    check_schedules({args.name: cfg}, args.config)
-    check_fits(cfg, pipeline=args.name, source=args.config)
-    root = data_root(args.data_root)
-    ensure_mnist(root, allow_download=args.data_root is None and "MNIST_ROOT" not in os.environ)
-    from tasks.tracking import check_store
-
-    uri = check_store()
+    checked = check_run(args.name, args.config, args.overrides, args.data_root)
     from flows.pipeline import layerwise_pipeline
     from flows.prefect_api import start_temporary_api
 
     start_temporary_api()
-
+    cfg, uri = checked.cfg, checked.tracking_uri
     print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) -> MLflow {uri}", flush=True)
-    started = time.perf_counter()
     try:
-        result = layerwise_pipeline(args.name, args.overrides, args.config, str(root))
+        result = layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # interrupted: no run of this process may stay RUNNING
+        if not isinstance(exc, Exception) or INTERRUPTED.is_set():  # no run of this process may stay RUNNING
             from tasks.tracking import client, kill_open_runs
 
             kill_open_runs(client(), args.name)
         raise
-    wall = time.perf_counter() - started
-    print(summary(result, uri, wall))
+    print(summary(result, uri))
     return EXIT_OK
 
 
@@ -113,29 +115,22 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
-def summary(result: dict, uri: str, wall: float) -> str:
+def summary(result, uri: str) -> str:
+    """The run's headline, its retrieval precision, and where to open it in MLflow."""
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    if "markdown" in result:
-        reused = sum(cell["run_id"] != cell["trained_by"] for cell in result["cells"])
-        headline = (f"\n{result['markdown']}\n=== {result['pipeline']}: {len(result['cells'])} cells "
-                    f"({reused} reused), wall {wall:.0f} s")
-    elif "pca_test_sq_error" in result:
-        headline = (f"\n=== {result['pipeline']}: test squared error per image {result['test_sq_error']:.2f} "
-                    f"(greedy stack before unrolling {result['test_sq_error_stacked']:.2f}), "
-                    f"PCA {result['pca_test_sq_error']:.2f}; wall {wall:.0f} s")
-    else:
-        headline = (f"\n=== {result['pipeline']}: test error {result['test_error']:.2f}% "
-                    f"(accuracy {100 * result['test_accuracy']:.2f}%, {result['n_labels']} labels), wall {wall:.0f} s")
-    for space, found in result.get("retrieval", {}).items():
+    headline = "\n" + result.headline()
+    for space, found in result.retrieval.items():
         headline += "\nretrieval " + space + ": " + ", ".join(
             f"{key} {value:.4f}" for key, value in found.items() if key.startswith("precision"))
-    return (f"{headline}\nMLflow parent run {result['parent_run_id']} in experiment '{result['pipeline']}'.\n"
-            f"Open it: {ui}  then  #/experiments/{result['experiment_id']}/runs/{result['parent_run_id']}")
+    return (f"{headline}\nMLflow parent run {result.parent_run_id} in experiment '{result.pipeline}'.\n"
+            f"Open it: {ui}  then  #/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)  # serve's runner takes SIGTERM over once it has started
+    signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
     commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve}
     try:
         return commands[args.command](args)
@@ -143,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1
+        if INTERRUPTED.is_set():  # an error raised while the interrupt unwound the run
+            print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
+            return EXIT_INTERRUPTED
         from tasks.tracking import tracking_uri, unreachable
 
         first_line = (str(exc).splitlines() or [""])[0]
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        # Ctrl-C, SIGTERM (KeyboardInterrupt from _terminate) or Prefect's TerminationSignal
+        # Ctrl-C, SIGTERM (KeyboardInterrupt from _interrupt) or Prefect's TerminationSignal
         print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
         return EXIT_INTERRUPTED
 

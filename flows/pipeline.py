@@ -12,29 +12,27 @@ import torch
 from prefect import flow, runtime
 
 from flows.ablation import label_ablation, runner_for
+from flows.checks import CheckedRun, check_run
 from flows.deep_autoencoder import deep_autoencoder
 from layerwise.cache import stage_key
-from layerwise.config import PipelineConfig, load_pipeline
-from layerwise.data import ensure_mnist
-from layerwise.memory import check_fits
-from layerwise.paths import DEFAULT_CONFIG, data_root, work_root
+from layerwise.config import PipelineConfig
+from layerwise.paths import DEFAULT_CONFIG, work_root
 from layerwise.stack import Splits, pretrain_stack
 from tasks import tracking
-from tasks.data import prepare_data
 from tasks.analyses import retrieval
+from tasks.data import prepare_data
 from tasks.context import RunContext
 from tasks.finetune import finetune
-from tasks.pretrain import pretrain_layer
+from tasks.pretrain import StackFiles, pretrain_layer
+from tasks.results import RunResult
 from tasks.runs import open_pipeline_run, record_results
 
 
-def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[dict, Splits]:
+def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[StackFiles, Splits]:
     """The core's greedy loop, each stage a task (stored stages reused, each tracked as a child run).
-    Returns the stack as the later flows take it (weights files, and the stage keys its cells are
-    keyed by) and the top layer's codes."""
+    Returns the stack as the later flows take it and the top layer's codes."""
     prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
-    folder = run.workdir / cfg.variant if cfg.variant else run.workdir
-    stage_run = RunContext(run.parent_run_id, run.experiment_id, run.pipeline, folder)
+    stage_run = run.inside(cfg.variant) if cfg.variant else run
 
     def stage(layer, codes, seed, index, callback):
         key = stage_key(cfg.pretrain_dict(), index, fingerprint)
@@ -42,64 +40,54 @@ def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: 
                                                                              key)
 
     stack = pretrain_stack(cfg.layers, inputs, cfg.seed, stage=stage, keep_codes=False)
-    return {"weights": [s.weights for s in stack.stages], "keys": [s.key for s in stack.stages]}, stack.codes
+    return StackFiles(tuple(s.weights for s in stack.stages), tuple(s.key for s in stack.stages)), stack.codes
 
 
 def needs_stack(cfg: PipelineConfig) -> bool:
     return cfg.unroll is not None or any(cell.finetune.init == "pretrained" for cell in cfg.cells())
 
 
-RESULT_METRICS = ("test_accuracy", "test_error", "test_sq_error", "test_sq_error_stacked", "pca_test_sq_error",
-                  "wall_seconds")
-
-
-@flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True)
+@flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True, validate_parameters=False)
 def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, config_path: Optional[str] = None,
-                       mnist_root: Optional[str] = None) -> dict:
-    """Runs pipeline NAME from pipelines.yaml (with --set style overrides) and returns its results."""
+                       mnist_root: Optional[str] = None, checked: Optional[CheckedRun] = None) -> RunResult:
+    """Runs pipeline NAME from pipelines.yaml (with --set style overrides) and returns its results.
+    `checked`: the checks `layerwise run` already made (config, data, store); without it (a run
+    started by serve) the flow makes them itself."""
     started = time.perf_counter()
-    cfg = load_pipeline(pipeline, config_path or DEFAULT_CONFIG, overrides or [])
-    check_fits(cfg, pipeline=pipeline, source=str(config_path or DEFAULT_CONFIG))  # scheduled runs too
-    root = data_root(mnist_root)
-    fingerprint = ensure_mnist(root, allow_download=mnist_root is None)
-    tracking.check_store()
-    parent = open_pipeline_run(pipeline, cfg.model_dump(), str(runtime.flow_run.id or ""))
-    run_id, experiment_id = parent["run_id"], parent["experiment_id"]
-    workdir = work_root() / "runs" / f"{run_id}-{uuid.uuid4().hex[:6]}"
-    run = RunContext(run_id, experiment_id, pipeline, workdir)
-    mlf = tracking.client()
+    checked = checked or check_run(pipeline, config_path or DEFAULT_CONFIG, overrides or [], mnist_root)
+    cfg = checked.cfg
+    parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""))
+    run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,
+                     work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}")
     try:
-        with tracking.run_status(mlf, run_id):
-            data = prepare_data(str(root), cfg.data.model_dump(), str(workdir))
+        with tracking.run_status(tracking.client(), run.parent_run_id):
+            data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
-                inputs = torch.load(data["inputs"], weights_only=True)
+                inputs = torch.load(data.inputs, weights_only=True)
                 for stack_cfg in cfg.stacks():
                     name = stack_cfg.variant or ""
-                    stacks[name], top = pretrain(stack_cfg, run, inputs, fingerprint)
+                    stacks[name], top = pretrain(stack_cfg, run, inputs, checked.fingerprint)
                     if cfg.retrieval:
-                        codes[name] = workdir / name / "codes.pt"
+                        codes[name] = run.workdir / name / "codes.pt"
                         codes[name].parent.mkdir(parents=True, exist_ok=True)
                         torch.save(top, codes[name])
                 del inputs, top
             if cfg.unroll:
-                result = deep_autoencoder(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                          data["labels"], stacks[""], str(workdir))
-                codes = {"unrolled": result.pop("codes")}
+                outcome = deep_autoencoder(run, cfg, data, stacks[""])
+                codes = {"unrolled": outcome.codes}
             elif cfg.ablation:
                 ablation = label_ablation.with_options(task_runner=runner_for(cfg.ablation))
-                result = ablation(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                  data["labels"], stacks, fingerprint)
+                outcome = ablation(run, cfg, data, stacks, checked.fingerprint)
             else:
-                result = finetune(run_id, experiment_id, pipeline, cfg.model_dump(), data["inputs"],
-                                  data["labels"], stacks.get("", {}).get("weights", []), cfg.cell_name())
+                outcome = finetune.with_options(task_run_name=f"finetune-{cfg.cell_name()}")(
+                    run, cfg, data, stacks.get("", StackFiles()).weights)
+            result = RunResult(pipeline, run.parent_run_id, run.experiment_id, outcome)
             if cfg.retrieval:
-                result["retrieval"] = {space: retrieval(run_id, experiment_id, pipeline, cfg.retrieval.model_dump(),
-                                                        data["inputs"], data["labels"], str(path), space or "stack",
-                                                        str(workdir))
-                                       for space, path in codes.items()}
-            result["wall_seconds"] = time.perf_counter() - started
-            record_results(run_id, {k: v for k, v in result.items() if k in RESULT_METRICS})
+                result.retrieval = {space: retrieval(run, cfg.retrieval, data, str(path), space or "stack")
+                                    for space, path in codes.items()}
+            result.wall_seconds = time.perf_counter() - started
+            record_results(run.parent_run_id, {**outcome.parent_metrics(), "wall_seconds": result.wall_seconds})
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
-    return {"pipeline": pipeline, "parent_run_id": run_id, "experiment_id": experiment_id, **result}
+        shutil.rmtree(run.workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
+    return result

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 PACKAGE = Path(__file__).resolve().parent
 TRAINING_SOURCES = ("models.py", "losses.py", "training.py", "data.py", "checkpoint.py", "encode.py",
-                    "transfer.py", "stack.py", "finetune.py")
+                    "transfer.py", "stack.py", "finetune.py", "unroll.py")
 
 
 def code_version() -> str:

@@ -6,10 +6,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from layerwise.config import LayerConfig
 from layerwise.models import Reconstructor, build_autoencoder
 
 
 def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
+    """config: plain types only (its layer as LayerConfig.model_dump()): load_stage reads the file
+    with weights_only=True, which refuses pickled objects."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
                 "config": config}, path)
@@ -17,9 +20,9 @@ def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
 
 
 def load_stage(path: Path | str) -> tuple[Reconstructor, dict]:
-    """A saved stage's whole autoencoder (encoder and decoder) and its config."""
+    """A saved stage's whole autoencoder (encoder and decoder) and its config (as saved: plain dicts)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_autoencoder(saved["config"]["layer"])
+    model = build_autoencoder(LayerConfig.model_validate(saved["config"]["layer"]))
     model.encoder.load_state_dict(saved["encoder"])
     model.decoder.load_state_dict(saved["decoder"])
     return model, saved["config"]

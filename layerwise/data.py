@@ -79,6 +79,16 @@ class MnistTensors:
     val_index: torch.Tensor
 
 
+@dataclass
+class Labelled:
+    """The labelled training images and the validation split that selects the epoch kept (what
+    train_classifier and finetune take)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
 def _images(dataset) -> torch.Tensor:
     return dataset.data.reshape(len(dataset.data), -1).float().div_(255.0)
 

@@ -9,22 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import nn
 
 from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
+from layerwise.data import Labelled
 from layerwise.models import Classifier
 from layerwise.training import Callback, TrainResult, train_classifier
 from layerwise.transfer import classifier_from_encoders, scratch_classifier
 
-
-@dataclass
-class Labelled:
-    """The labelled training images and the validation split that selects the epoch kept."""
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
+__all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.data
 
 
 @dataclass
@@ -39,8 +32,7 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
     from random init. The output layer is random, seeded by config.seed."""
     ft = config.in_force()
     if ft.init == "scratch":
-        return scratch_classifier([layer.model_dump() for layer in layers], n_classes, ft.dropout, ft.seed,
-                                  ft.input_dropout)
+        return scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout)
     if not encoders:
         raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
     return classifier_from_encoders(encoders, n_classes, ft.dropout, ft.seed, ft.input_dropout)
@@ -53,10 +45,5 @@ def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: Fi
     its init (finetune.scratch overrides a scratch control's); name labels progress and errors."""
     ft = config.in_force()
     model = build_classifier(encoders, config, layers, n_classes)
-    result = train_classifier(
-        model, labelled.x_train, labelled.y_train, labelled.x_val, labelled.y_val,
-        epochs=ft.epochs_for(len(labelled.y_train)), batch_size=ft.batch_size, optimizer=ft.optimizer, lr=ft.lr,
-        momentum=ft.momentum, weight_decay=ft.weight_decay, schedule=ft.schedule, keep=ft.keep,
-        hidden_lr_scale=ft.hidden_lr_scale, head_epochs=ft.head_epochs, seed=ft.seed, stage=name,
-        callback=callback)
+    result = train_classifier(model, labelled, ft, ft.seed, name, callback)
     return Finetuned(model, result)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # annotations only: the networks need torch alone, not the config package
+    from layerwise.config import LayerConfig
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "linear": nn.Identity}
 
@@ -134,23 +137,34 @@ class ConvAutoencoder(Reconstructor):
         return code, self.decoder(code, indices)
 
 
-def build_encoder(layer: dict) -> nn.Sequential:
+def _check_resolved(layer: LayerConfig, needs_loss: bool) -> None:
+    left_open = [key for key, is_open in (("input", layer.input is None),
+                                          ("input_shape", layer.kind == "conv" and layer.input_shape is None),
+                                          ("loss", needs_loss and layer.loss == "auto")) if is_open]
+    if left_open:
+        raise ValueError(f"the layer config is not resolved ({', '.join(left_open)} left open): validate it in a "
+                         f"PipelineConfig, or call layerwise.config.resolve_layers on the stack's layers")
+
+
+def build_encoder(layer: LayerConfig) -> nn.Sequential:
     """The encoder block alone of the stage a resolved layer config describes."""
-    if layer.get("kind", "dense") == "conv":
-        return ConvEncoder(tuple(layer["input_shape"]), layer["channels"], layer["kernel"], layer["pool"],
-                           layer["activation"])
-    return encoder_block(layer["input"], layer["size"], layer["activation"])
+    _check_resolved(layer, needs_loss=False)
+    if layer.kind == "conv":
+        return ConvEncoder(tuple(layer.input_shape), layer.channels, layer.kernel, layer.pool, layer.activation)
+    return encoder_block(layer.input, layer.size, layer.activation)
 
 
-def build_autoencoder(layer: dict) -> Reconstructor:
-    """The stage a resolved layer config (LayerConfig.model_dump()) describes."""
-    if layer.get("kind", "dense") == "conv":
-        return ConvAutoencoder(tuple(layer["input_shape"]), layer["channels"], layer["kernel"], layer["pool"],
-                               layer["activation"], layer["loss"], layer["tied"])
-    return Autoencoder(layer["input"], layer["size"], layer["activation"], layer["loss"], layer.get("tied", False))
+def build_autoencoder(layer: LayerConfig) -> Reconstructor:
+    """The stage a resolved layer config (input, loss and a conv layer's shapes filled in:
+    PipelineConfig.layers, or resolve_layers on hand-built ones) describes."""
+    _check_resolved(layer, needs_loss=True)
+    if layer.kind == "conv":
+        return ConvAutoencoder(tuple(layer.input_shape), layer.channels, layer.kernel, layer.pool,
+                               layer.activation, layer.loss, layer.tied)
+    return Autoencoder(layer.input, layer.size, layer.activation, layer.loss, layer.tied)
 
 
-def seeded_stage(layer: dict, seed: int) -> Reconstructor:
+def seeded_stage(layer: LayerConfig, seed: int) -> Reconstructor:
     """The stage's autoencoder with initial weights that depend on seed alone (runs reproduce on CPU)."""
     torch.manual_seed(seed)
     return build_autoencoder(layer)
@@ -158,8 +172,9 @@ def seeded_stage(layer: dict, seed: int) -> Reconstructor:
 
 def seeded_autoencoder(n_in: int, n_code: int, activation: str, loss: str, seed: int,
                        tied: bool = False) -> Autoencoder:
-    """A dense seeded_stage."""
-    return seeded_stage({"input": n_in, "size": n_code, "activation": activation, "loss": loss, "tied": tied}, seed)
+    """A dense seeded_stage without a layer config (tests and benchmarks): the same draws."""
+    torch.manual_seed(seed)
+    return Autoencoder(n_in, n_code, activation, loss, tied)
 
 
 class DeepAutoencoder(Reconstructor):

@@ -56,13 +56,9 @@ def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
                 callback: Optional[Callback] = None) -> tuple[Reconstructor, TrainResult]:
     """The layer's autoencoder, seeded, trained on inputs['train'] with its settings, scored on
     inputs['val'] after every epoch."""
-    model = seeded_stage(layer.model_dump(), stage_seed(seed, index))
-    noise = layer.denoising and (layer.denoising.kind, layer.denoising.level, layer.denoising.rescale)
-    result = train_autoencoder(
-        model, inputs["train"], inputs["val"], epochs=layer.epochs, batch_size=layer.batch_size,
-        optimizer=layer.optimizer, lr=layer.lr, momentum=layer.momentum, weight_decay=layer.weight_decay,
-        l1=layer.l1, l2=layer.l2, contractive=layer.contractive, noise=noise, seed=stage_seed(seed, index),
-        stage=f"pretrain-{index}", settings=f"layers.{index - 1}", callback=callback)
+    model = seeded_stage(layer, stage_seed(seed, index))
+    result = train_autoencoder(model, inputs["train"], inputs["val"], layer, stage_seed(seed, index),
+                               f"pretrain-{index}", f"layers.{index - 1}", callback)
     return model, result
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerwise.config import FinetuneConfig, LayerConfig, TrainingConfig, UnrollConfig
+from layerwise.data import Labelled
 from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
 from layerwise.models import Classifier, DeepAutoencoder, Reconstructor, code_width
 
@@ -138,23 +140,23 @@ def objective(recon: torch.Tensor, model: Reconstructor, code: torch.Tensor, l1:
     return loss
 
 
-def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
-                      batch_size: int, optimizer: str, lr: float, momentum: float = 0.9,
-                      weight_decay: float = 0.0, l1: float = 0.0, l2: float = 0.0, contractive: float = 0.0,
-                      noise: Optional[tuple[str, float, bool]] = None,
-                      seed: int = 0, stage: str = "pretrain", settings: str = "the layer's",
+def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.Tensor, layer: LayerConfig,
+                      seed: int = 0, name: str = "pretrain", settings: str = "the layer's",
                       callback: Optional[Callback] = None) -> TrainResult:
-    """Minimise reconstruction loss + the code penalties (objective()); with noise=(kind, level,
-    rescale) the encoder sees a corrupted input and the loss compares with the clean one (denoising). Metrics per epoch:
-    recon_loss (training, averaged over the epoch's batches), val_recon_loss, code_l1 and
-    code_active_frac (validation, clean inputs). settings names the config the hint of a diverged
-    loss points at (e.g. 'layers.1')."""
+    """Minimise reconstruction loss + the code penalties of layer (l1, l2, contractive: objective())
+    with its optimizer settings (epochs, batch_size, optimizer, lr, momentum, weight_decay); with
+    layer.denoising the encoder sees a corrupted input and the loss compares with the clean one.
+    Metrics per epoch: recon_loss (training, averaged over the epoch's batches), val_recon_loss,
+    code_l1 and code_active_frac (validation, clean inputs). name labels progress and errors;
+    settings names the config the hint of a diverged loss points at (e.g. 'layers.1')."""
+    epochs, l1, l2, contractive = layer.epochs, layer.l1, layer.l2, layer.contractive
+    noise = layer.denoising and (layer.denoising.kind, layer.denoising.level, layer.denoising.rescale)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
+    opt = make_optimizer(model.parameters(), layer.optimizer, layer.lr, layer.momentum, layer.weight_decay)
     result, started = TrainResult(), time.perf_counter()
-    hint = (f"look at {settings}.lr ({lr}), {settings}.l1 ({l1}), {settings}.optimizer ({optimizer}) and "
-            f"{settings}.loss ({model.loss})")
+    hint = (f"look at {settings}.lr ({layer.lr}), {settings}.l1 ({l1}), {settings}.optimizer ({layer.optimizer}) "
+            f"and {settings}.loss ({model.loss})")
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = x_train[idx]
@@ -165,9 +167,9 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
     model.train()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        train_recon = run_epoch(step, len(x_train), batch_size, gen, opt, stage, epoch, hint)
+        train_recon = run_epoch(step, len(x_train), layer.batch_size, gen, opt, name, epoch, hint)
         val = evaluate_autoencoder(model, x_val, l1)
-        report = EpochReport(stage, epoch, epochs, {
+        report = EpochReport(name, epoch, epochs, {
             "recon_loss": train_recon, "val_recon_loss": val["recon_loss"],
             "code_l1": val["code_l1"], "code_active_frac": val["code_active_frac"]},
             time.perf_counter() - t0)
@@ -201,15 +203,19 @@ def classifier_optimizer(model: Classifier, name: str, lr: float, momentum: floa
     return make_optimizer(groups, name, lr, momentum, weight_decay)
 
 
-def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
-                     y_val: torch.Tensor, *, epochs: int, batch_size: int, optimizer: str, lr: float,
-                     momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
-                     keep: str = "best_val", hidden_lr_scale: float = 1.0, head_epochs: int = 0, seed: int = 0,
-                     stage: str = "finetune", callback: Optional[Callback] = None) -> TrainResult:
-    """Backprop on the labelled subset: first head_epochs with only the output layer learning (the
-    hidden layers fixed), then `epochs` through every layer. keep='best_val' restores the weights of
-    the epoch with the best validation accuracy; keep='last' keeps the final weights (validation is
-    then only reported). Model selection never sees the test set."""
+def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConfig, seed: int = 0,
+                     name: str = "finetune", callback: Optional[Callback] = None) -> TrainResult:
+    """Backprop on the labelled subset with config's settings (a FinetuneConfig: the ones in force
+    for its init): first head_epochs with only the output layer learning (the hidden layers fixed),
+    then config.epochs_for(the labelled images) through every layer. keep='best_val' restores the
+    weights of the epoch with the best validation accuracy; keep='last' keeps the final weights
+    (validation is then only reported). Model selection never sees the test set. seed draws the
+    batch order and dropout masks; name labels progress and errors."""
+    if isinstance(config, FinetuneConfig):
+        config = config.in_force()
+    x_train, y_train, x_val, y_val = labelled.x_train, labelled.y_train, labelled.x_val, labelled.y_val
+    keep, head_epochs, epochs = config.keep, config.head_epochs, config.epochs_for(len(y_train))
+    optimizer, lr, momentum = config.optimizer, config.lr, config.momentum
     if keep not in ("best_val", "last"):
         raise ValueError(f"keep must be 'best_val' or 'last', got {keep!r}")
     # batch order and dropout masks from this cell's own generator (see Classifier)
@@ -233,13 +239,14 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
         if not phase_epochs:
             continue
         model.hidden.requires_grad_(not head_only)
-        opt = classifier_optimizer(model, optimizer, lr, momentum, weight_decay, hidden_lr_scale, head_only)
+        opt = classifier_optimizer(model, optimizer, lr, momentum, config.weight_decay, config.hidden_lr_scale,
+                                   head_only)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase_epochs)
-                 if schedule == "cosine" and not head_only else None)
+                 if config.schedule == "cosine" and not head_only else None)
         for _ in range(phase_epochs):
             epoch += 1
             t0 = time.perf_counter()
-            train_loss = run_epoch(step, len(x_train), batch_size, gen, opt, stage, epoch, hint)
+            train_loss = run_epoch(step, len(x_train), config.batch_size, gen, opt, name, epoch, hint)
             if sched:
                 sched.step()
             metrics = {"train_loss": train_loss}
@@ -247,7 +254,7 @@ def train_classifier(model: Classifier, x_train: torch.Tensor, y_train: torch.Te
                 metrics["val_accuracy"] = val_acc = accuracy(model, x_val, y_val)
                 if val_acc > best_acc:
                     best_acc, best_state, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
-            report = EpochReport(stage, epoch, total, metrics, time.perf_counter() - t0)
+            report = EpochReport(name, epoch, total, metrics, time.perf_counter() - t0)
             result.history.append(report)
             if callback:
                 callback(report)
@@ -273,18 +280,18 @@ def squared_error(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> 
     return total / len(x)
 
 
-def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int,
-                   batch_size: int, optimizer: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                   schedule: str = "cosine", l2: float = 0.0, seed: int = 0, stage: str = "unroll",
-                   callback: Optional[Callback] = None) -> TrainResult:
-    """Fine-tune the unrolled stack end to end on reconstruction (+ l2 on the middle code).
-    Metrics per epoch: recon_loss (training) and val_sq_error (squared_error on validation)."""
+def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.Tensor, config: UnrollConfig,
+                   seed: int = 0, name: str = "unroll", callback: Optional[Callback] = None) -> TrainResult:
+    """Fine-tune the unrolled stack end to end on reconstruction (+ config.l2 on the middle code)
+    with config's optimizer settings. Metrics per epoch: recon_loss (training) and val_sq_error
+    (squared_error on validation). name labels progress and errors."""
+    epochs, l2 = config.epochs, config.l2
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine" else None
+    opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum, config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if config.schedule == "cosine" else None
     result, started = TrainResult(), time.perf_counter()
-    hint = f"look at unroll.lr ({lr}), unroll.optimizer ({optimizer}) and unroll.l2 ({l2})"
+    hint = f"look at unroll.lr ({config.lr}), unroll.optimizer ({config.optimizer}) and unroll.l2 ({l2})"
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = x_train[idx]
@@ -295,10 +302,10 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
     model.train()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        train_recon = run_epoch(step, len(x_train), batch_size, gen, opt, stage, epoch, hint)
+        train_recon = run_epoch(step, len(x_train), config.batch_size, gen, opt, name, epoch, hint)
         if sched:
             sched.step()
-        report = EpochReport(stage, epoch, epochs, {"recon_loss": train_recon,
+        report = EpochReport(name, epoch, epochs, {"recon_loss": train_recon,
                                                     "val_sq_error": squared_error(model, x_val)},
                              time.perf_counter() - t0)
         result.history.append(report)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from layerwise.models import Classifier, build_encoder
+
+if TYPE_CHECKING:
+    from layerwise.config import LayerConfig
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -28,14 +32,14 @@ def classifier_from_encoders(encoders: list[nn.Sequential], n_classes: int, drop
     return Classifier(hidden, n_classes, dropout, input_dropout, torch.Generator().manual_seed(seed))
 
 
-def scratch_classifier(layers: list[dict], n_classes: int, dropout: float, seed: int,
+def scratch_classifier(layers: list[LayerConfig], n_classes: int, dropout: float, seed: int,
                        input_dropout: float = 0.0) -> Classifier:
     """The control: the same architecture (the resolved layer configs' encoders) from random init
     suited to its activations (Glorot for sigmoid/tanh/linear, He for ReLU), seeded."""
     generator = torch.Generator().manual_seed(seed)
     hidden = [build_encoder(layer) for layer in layers]
     for block, layer in zip(hidden, layers):
-        weights, act = block[0], layer["activation"]
+        weights, act = block[0], layer.activation
         if act == "relu":
             nn.init.kaiming_normal_(weights.weight, nonlinearity="relu", generator=generator)
         else:

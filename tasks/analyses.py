@@ -14,6 +14,8 @@ from layerwise.pca import fit_pca
 from layerwise.retrieval import nearest, precision_at_k
 from layerwise.training import configure_cpu
 from tasks import tracking
+from tasks.context import RunContext
+from tasks.data import DataFiles
 from tasks.logs import run_logger
 from tasks.unroll import load_unrolled
 
@@ -31,26 +33,23 @@ def _log_figures(mlf, run_ids: list[str], draw) -> list[str]:
 
 
 @task(name="compare-with-pca")
-def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, config: dict, inputs_path: str,
-                     labels_path: str, model_path: str, autoencoder_error: float) -> dict:
+def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, model_path: str,
+                     autoencoder_error: float) -> dict:
     """PCA to the code size on the same training images, its test squared error (child run pca-K),
     beside the unrolled model's (autoencoder_error, measured by the unroll task),
     and the figures: originals / PCA / autoencoder digits; for a 2-d code also the two maps of the
     test set and the decoded grid of codes."""
     configure_cpu()
-    cfg = PipelineConfig.model_validate(config)
     k = cfg.sizes[-1]
-    mlf = tracking.client()
-    run_id = tracking.start_run(mlf, experiment_id, f"pca-{k}", {tracking.PIPELINE_TAG: pipeline,
-                                                                 tracking.STAGE_TAG: "pca"}, parent_run_id)
-    with tracking.run_status(mlf, run_id):
-        inputs = torch.load(inputs_path, weights_only=True)
-        labels = torch.load(labels_path, weights_only=True)
+    pipeline = run.pipeline
+    with run.child_run(f"pca-{k}", "pca") as child:
+        inputs = torch.load(data.inputs, weights_only=True)
+        labels = torch.load(data.labels, weights_only=True)
         pca = fit_pca(inputs["train"], k)
         test = inputs["test"]
         pca_error = (pca.reconstruct(test) - test).pow(2).sum(dim=1).mean().item()
-        tracking.log_params(mlf, run_id, {"components": k, "fit_images": len(inputs["train"])})
-        tracking.log_metrics(mlf, run_id, {"test_sq_error": pca_error})
+        child.params({"components": k, "fit_images": len(inputs["train"])})
+        child.metrics({"test_sq_error": pca_error})
         run_logger().info(f"[pca-{k}] test squared error per image {pca_error:.2f}")
     model = load_unrolled(model_path)
     with torch.inference_mode():
@@ -77,8 +76,8 @@ def compare_with_pca(parent_run_id: str, experiment_id: str, pipeline: str, conf
                                     f"[-{radius:.2f}, {radius:.2f}]^2, decoded"))
         return paths
 
-    figures = _log_figures(mlf, [parent_run_id], draw)
-    return {"pca_run_id": run_id, "pca_test_sq_error": pca_error, "figures": figures}
+    figures = _log_figures(child.mlf, [run.parent_run_id], draw)
+    return {"pca_run_id": child.id, "pca_test_sq_error": pca_error, "figures": figures}
 
 
 def _one_per_digit(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,35 +88,30 @@ def _one_per_digit(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @task(name="retrieval", task_run_name="retrieval-{space}")
-def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: dict, inputs_path: str,
-              labels_path: str, codes_path: str, space: str, workdir: str) -> dict:
+def retrieval(run: RunContext, cfg: RetrievalConfig, data: DataFiles, codes_path: str, space: str) -> dict:
     """precision@k of test queries against the training images, in the codes of codes_path and in
     pixels (child run retrieval-SPACE), and a figure of a few queries with their hits in both.
-    The pixel search is the same for every space of a run: done once, kept under workdir."""
+    The pixel search is the same for every space of a run: done once, kept in the run's scratch."""
     configure_cpu()
-    cfg = RetrievalConfig.model_validate(settings)
-    mlf = tracking.client()
-    run_id = tracking.start_run(mlf, experiment_id, f"retrieval {space}", {tracking.PIPELINE_TAG: pipeline,
-                                                                         tracking.STAGE_TAG: "retrieval"},
-                                parent_run_id)
-    with tracking.run_status(mlf, run_id):
-        inputs = torch.load(inputs_path, weights_only=True)
+    pipeline, parent_run_id = run.pipeline, run.parent_run_id
+    with run.child_run(f"retrieval {space}", "retrieval") as child:
+        inputs = torch.load(data.inputs, weights_only=True)
         codes = torch.load(codes_path, weights_only=True)
-        labels = torch.load(labels_path, weights_only=True)
+        labels = torch.load(data.labels, weights_only=True)
         n = min(cfg.queries or len(inputs["test"]), len(inputs["test"]))
         query_labels, base_labels = labels["test"][:n], labels["train"]
         spaces = {f"code ({codes['train'].shape[1]}-d)": (codes["test"][:n], codes["train"]),
                   "pixels (784-d)": (inputs["test"][:n], inputs["train"])}
         hits, metrics = {}, {}
         for name, (queries, base) in spaces.items():
-            hits[name] = _pixel_hits(queries, base, cfg.k, workdir) if name.startswith("pixels") \
+            hits[name] = _pixel_hits(queries, base, cfg.k, run.workdir) if name.startswith("pixels") \
                 else nearest(queries, base, cfg.k)
             key = "code" if name.startswith("code") else "pixels"
             metrics[f"precision_at_{cfg.k}/{key}"] = precision_at_k(query_labels, base_labels, hits[name])
-        tracking.log_params(mlf, run_id, {"k": cfg.k, "queries": n, "base_images": len(base_labels),
-                                          "code_width": codes["train"].shape[1], "space": space})
-        tracking.log_metrics(mlf, run_id, metrics)
-        tracking.log_metrics(mlf, parent_run_id, {f"{key}/{space}": value for key, value in metrics.items()})
+        child.params({"k": cfg.k, "queries": n, "base_images": len(base_labels),
+                      "code_width": codes["train"].shape[1], "space": space})
+        child.metrics(metrics)
+        tracking.log_metrics(child.mlf, parent_run_id, {f"{key}/{space}": value for key, value in metrics.items()})
         run_logger().info(f"[retrieval {space}] " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
                           + f" ({n} test queries against {len(base_labels)} training images)")
         shown = _one_per_digit(query_labels, cfg.figure_queries)
@@ -129,11 +123,11 @@ def retrieval(parent_run_id: str, experiment_id: str, pipeline: str, settings: d
                                    f"{pipeline}: {cfg.k} nearest training images per test query "
                                    f"(green: same digit)")]
 
-        figures = _log_figures(mlf, [run_id, parent_run_id], draw)
-    return {"run_id": run_id, **metrics, "figures": figures}
+        figures = _log_figures(child.mlf, [child.id, parent_run_id], draw)
+    return {"run_id": child.id, **metrics, "figures": figures}
 
 
-def _pixel_hits(queries: torch.Tensor, base: torch.Tensor, k: int, workdir: str) -> torch.Tensor:
+def _pixel_hits(queries: torch.Tensor, base: torch.Tensor, k: int, workdir: Path) -> torch.Tensor:
     """Nearest neighbours in pixel space, searched by the run's first retrieval and read by the rest."""
     path = Path(workdir) / "retrieval" / f"pixel-hits-k{k}-q{len(queries)}.pt"
     if path.is_file():

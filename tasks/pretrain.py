@@ -64,6 +64,14 @@ def reuse_link(mlf: MlflowClient, meta: dict, link_tag: str) -> tuple[str, dict[
     return FOREIGN_RUN_TAG, {FOREIGN_STORE_TAG: str(meta.get("tracking_uri", "unknown"))}, True
 
 
+@dataclass(frozen=True)
+class StackFiles:
+    """A pretrained stack as later tasks take it, possibly in other processes: its stage files
+    (bottom first) and their store keys (what its cells and its unroll are keyed by)."""
+    weights: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+
+
 @dataclass
 class StoredStage(Stage):
     """A pipeline's stage: the core's Stage plus where its weights are stored and its MLflow runs."""
@@ -86,39 +94,36 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     store = stage_store()
     found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0]))
     cached, encoder = found or (None, None)
-    mlf = tracking.client()
     shape = f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv" else str(layer.size)
     title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"
-    tags = {tracking.PIPELINE_TAG: run.pipeline, tracking.STAGE_TAG: stage, "layerwise.stage_key": cache_key}
+    tags = {"layerwise.stage_key": cache_key}
     link_tag, foreign = LINK_TAG, False
     if cached:
-        link_tag, extra, foreign = reuse_link(mlf, cached.meta, LINK_TAG)
+        link_tag, extra, foreign = reuse_link(tracking.client(), cached.meta, LINK_TAG)
         tags.update(extra)
-    run_id = tracking.start_child_run(mlf, run.experiment_id, title, tags, run.parent_run_id,
-                                      cached.meta["run_id"] if cached else None, link_tag)
     model = result = None
-    with tracking.run_status(mlf, run_id):
-        tracking.log_params(mlf, run_id, flatten(resolved))
+    with run.child_run(title, stage, tags, cached.meta["run_id"] if cached else None, link_tag) as child:
+        child.params(flatten(resolved))
         if cached:
             weights = cached.file(f"{stage}.pt")
             trained_by = cached.meta["run_id"]
             run_logger().info(f"[{stage}] reused: identical stage trained by MLflow run {trained_by} "
                               f"(key {cache_key}); no autoencoder trained")
             if foreign:
-                mlf.log_artifact(run_id, str(weights))
+                child.artifact(weights)
                 run_logger().info(f"[{stage}] run {trained_by} is not in this tracking store (it was tracked in "
                                   f"{tags[FOREIGN_STORE_TAG]}): its weights are logged to this run")
-            tracking.log_metrics(mlf, run_id, cached.meta["final_metrics"], step=layer.epochs)
+            child.metrics(cached.meta["final_metrics"], step=layer.epochs)
         else:
-            model, result = train_stage(layer, inputs, seed, index, callback=epoch_reporter(mlf, run_id))
+            model, result = train_stage(layer, inputs, seed, index, callback=epoch_reporter(child.mlf, child.id))
             local = save_stage(run.workdir / stage / f"{stage}.pt", model, resolved)
-            mlf.log_artifact(run_id, str(local))
+            child.artifact(local)
             weights = store.put(cache_key, {local.name: local}, {
-                "run_id": run_id, "pipeline": run.pipeline, "stage": stage, "tracking_uri": tracking.tracking_uri(),
+                "run_id": child.id, "pipeline": run.pipeline, "stage": stage, "tracking_uri": tracking.tracking_uri(),
                 "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": result.seconds,
                 "final_metrics": result.history[-1].metrics}).file(local.name)
             encoder = freeze(model.encoder)
-            trained_by = run_id
+            trained_by = child.id
         codes = encode_splits(encoder, inputs)
-    return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=run_id,
+    return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=child.id,
                        trained_by=trained_by)

@@ -30,9 +30,8 @@ def remove_scratch(run_ids: list[str]) -> None:
 
 
 @task(name="open-pipeline-run", retries=2, retry_delay_seconds=2)
-def open_pipeline_run(pipeline: str, config: dict, flow_run_id: str | None = None) -> dict[str, str]:
+def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | None = None) -> dict[str, str]:
     """Creates the experiment (if new) and the parent run; logs the resolved config as YAML."""
-    cfg = PipelineConfig.model_validate(config)
     mlf = tracking.client()
     experiment_id = tracking.ensure_experiment(mlf, pipeline)
     stale = tracking.mark_stale_runs(mlf, experiment_id)

@@ -12,8 +12,8 @@ CELLS = {(labels, seed, init) for labels in (20, 50) for seed in (0, 1) for init
 
 
 def _cells(client, result):
-    runs = client.search_runs([result["experiment_id"]],
-                              f"tags.mlflow.parentRunId = '{result['parent_run_id']}' and tags.`layerwise.stage` = 'finetune'")
+    runs = client.search_runs([result.experiment_id],
+                              f"tags.mlflow.parentRunId = '{result.parent_run_id}' and tags.`layerwise.stage` = 'finetune'")
     return {(int(r.data.tags["layerwise.labels"]), int(r.data.tags["layerwise.seed"]), r.data.tags["layerwise.init"]): r
             for r in runs}
 
@@ -24,11 +24,11 @@ def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, track
     cells = _cells(client, result)
     assert set(cells) == CELLS
     assert all(run.info.status == "FINISHED" and "test_error" in run.data.metrics for run in cells.values())
-    stages = client.search_runs([result["experiment_id"]],
-                                f"tags.mlflow.parentRunId = '{result['parent_run_id']}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
+    stages = client.search_runs([result.experiment_id],
+                                f"tags.mlflow.parentRunId = '{result.parent_run_id}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
     assert sorted(r.data.tags["layerwise.stage"] for r in stages) == ["pretrain-1", "pretrain-2"]  # trained once
 
-    parent = result["parent_run_id"]
+    parent = result.parent_run_id
     assert sorted(a.path for a in client.list_artifacts(parent)) == ["ablation.png", "pipeline.yaml", "results.csv",
                                                                     "summary.md"]
     frame = pd.read_csv(client.download_artifacts(parent, "results.csv", str(tmp_path)))
@@ -57,10 +57,10 @@ def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, track
 def test_a_second_run_trains_nothing_and_links_what_it_reuses(prefect_harness, tracking):
     first = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
     second = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
-    assert all(cell["trained_by"] != cell["run_id"] for cell in second["cells"])
-    assert {c["trained_by"] for c in second["cells"]} == {c["run_id"] for c in first["cells"]}
+    assert all(cell["trained_by"] != cell["run_id"] for cell in second.outcome.cells)
+    assert {c["trained_by"] for c in second.outcome.cells} == {c["run_id"] for c in first.outcome.cells}
     client = MlflowClient()
-    stages = client.search_runs([second["experiment_id"]],
-                                f"tags.mlflow.parentRunId = '{second['parent_run_id']}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
+    stages = client.search_runs([second.experiment_id],
+                                f"tags.mlflow.parentRunId = '{second.parent_run_id}' and tags.`layerwise.stage` LIKE 'pretrain-%'")
     assert all(run.data.tags["layerwise.reused"] == "true" for run in stages)
-    assert [c["test_error"] for c in second["cells"]] == [c["test_error"] for c in first["cells"]]
+    assert [c["test_error"] for c in second.outcome.cells] == [c["test_error"] for c in first.outcome.cells]

@@ -3,6 +3,7 @@ autograd Jacobian, tied weights sharing storage, denoising against the clean inp
 import pytest
 import torch
 
+from layerwise.config import LayerConfig
 from layerwise.losses import contractive_penalty, l2_penalty, reconstruction_loss
 from layerwise.models import Autoencoder, seeded_autoencoder
 from layerwise.training import objective, train_autoencoder
@@ -83,7 +84,9 @@ def test_denoising_corrupts_the_input_only_and_compares_with_the_clean_one(monke
     inputs = []
     ae.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
     x = torch.rand(16, 10) + 0.1  # no zeros, so a masked entry is visible
-    train_autoencoder(ae, x, x[:4], epochs=1, batch_size=16, optimizer="sgd", lr=0.1, noise=("mask", 0.5, False))
+    layer = LayerConfig(input=10, size=4, loss="bce", epochs=1, batch_size=16, optimizer="sgd", lr=0.1,
+                        denoising={"kind": "mask", "level": 0.5, "rescale": False})
+    train_autoencoder(ae, x, x[:4], layer)
     fed, target = inputs[0], seen["targets"][0]
     assert (fed == 0).any() and not (target == 0).any()  # the encoder saw zeros, the loss the clean batch
     assert torch.equal(torch.sort(target.flatten()).values, torch.sort(x.flatten()).values)
@@ -93,7 +96,8 @@ def test_tied_and_contractive_layers_train_through_the_stage_loop():
     torch.manual_seed(0)
     x = torch.rand(64, 12)
     ae = seeded_autoencoder(12, 6, "sigmoid", "bce", seed=0, tied=True)
-    result = train_autoencoder(ae, x, x[:16], epochs=3, batch_size=16, optimizer="adam", lr=0.01, l2=0.01,
-                               contractive=0.1)
+    layer = LayerConfig(input=12, size=6, loss="bce", tied=True, epochs=3, batch_size=16, optimizer="adam", lr=0.01,
+                        l2=0.01, contractive=0.1)
+    result = train_autoencoder(ae, x, x[:16], layer)
     losses = [r.metrics["recon_loss"] for r in result.history]
     assert losses[-1] < losses[0]

@@ -2,16 +2,19 @@
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import PipelineConfig
+from layerwise.checkpoint import load_stage, save_stage
+from layerwise.config import LayerConfig, PipelineConfig, resolve_layers
 from layerwise.models import ConvAutoencoder, build_encoder, seeded_stage
 from layerwise.training import train_autoencoder
 from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
-def _conv_layer(channels=3, kernel=3, pool=2, shape=(1, 6, 6), tied=False):
-    return {"kind": "conv", "input_shape": list(shape), "channels": channels, "kernel": kernel, "pool": pool,
-            "activation": "sigmoid", "loss": "bce", "tied": tied,
-            "input": shape[0] * shape[1] * shape[2]}
+def _conv_layer(channels=3, kernel=3, pool=2, shape=(1, 6, 6), tied=False, **training):
+    """A conv layer on inputs of shape, resolved (input, input_shape, size, loss bce: inputs in [0, 1])."""
+    layer = LayerConfig(kind="conv", channels=channels, kernel=kernel, pool=pool, activation="sigmoid", tied=tied,
+                        **{"epochs": 1, "lr": 0.01, **training})
+    resolve_layers([layer], shape)
+    return layer
 
 
 def test_unpooling_puts_each_value_back_at_its_argmax():
@@ -60,9 +63,9 @@ def test_odd_sizes_unpool_back_to_the_input_size():
 def test_a_conv_stage_learns_and_a_conv_stack_fine_tunes():
     torch.manual_seed(0)
     x = (torch.rand(64, 1, 8, 8) > 0.7).float().flatten(1)
-    layer = _conv_layer(channels=4, shape=(1, 8, 8))
+    layer = _conv_layer(channels=4, shape=(1, 8, 8), epochs=15, batch_size=16, optimizer="adam", lr=0.01, l1=0.001)
     ae = seeded_stage(layer, seed=1)
-    result = train_autoencoder(ae, x, x[:16], epochs=15, batch_size=16, optimizer="adam", lr=0.01, l1=0.001)
+    result = train_autoencoder(ae, x, x[:16], layer)
     losses = [r.metrics["recon_loss"] for r in result.history]
     assert losses[-1] < 0.8 * losses[0]
     encoder = freeze(ae.encoder)
@@ -74,6 +77,23 @@ def test_a_conv_stage_learns_and_a_conv_stack_fine_tunes():
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     scratch = scratch_classifier([layer], 3, 0.0, seed=0)
     assert scratch(x).shape == (64, 3) and type(scratch.hidden[0]) is type(build_encoder(layer))
+
+
+def test_a_saved_stage_loads_back_as_the_same_network(tmp_path):
+    layer = _conv_layer(channels=2, tied=True)
+    ae = seeded_stage(layer, seed=0)
+    path = save_stage(tmp_path / "stage.pt", ae, {"layer": layer.model_dump(), "index": 1})
+    loaded, config = load_stage(path)
+    assert config["layer"] == layer.model_dump()  # stored as plain types (weights_only loading)
+    assert type(loaded) is ConvAutoencoder and loaded.decoder.encoder_conv[0] is loaded.encoder[0]
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ae.state_dict().items())
+
+
+def test_an_unresolved_layer_is_refused_with_the_way_out():
+    import pytest
+
+    with pytest.raises(ValueError, match="input, loss left open.*resolve_layers"):
+        seeded_stage(LayerConfig(size=4, epochs=1, lr=0.1), seed=0)
 
 
 def test_config_resolves_conv_shapes_and_rejects_what_cannot_work():

@@ -28,10 +28,10 @@ def _host_and_pid(tag: str) -> tuple[str, int]:
 def test_ablation_cells_run_in_dask_worker_processes(prefect_harness, tracking):
     result = layerwise_pipeline("smoke-ablation", ["ablation.runner=dask", "ablation.seeds=[0]",
                                                    f"ablation.workers={WORKERS}"], mnist_root=str(mnist_root()))
-    assert len(result["cells"]) == 4
+    assert len(result.outcome.cells) == 4
     client = MlflowClient()
-    runs = [client.get_run(cell["run_id"]) for cell in result["cells"]]
-    for cell, run in zip(result["cells"], runs):
+    runs = [client.get_run(cell["run_id"]) for cell in result.outcome.cells]
+    for cell, run in zip(result.outcome.cells, runs):
         assert run.info.status == "FINISHED" and run.data.tags["layerwise.stage"] == "finetune"
         assert run.data.metrics["test_error"] == cell["test_error"]
         assert cell["trained_by"] == cell["run_id"]  # trained in this run, not reused from another

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from layerwise.config import UnrollConfig
 from layerwise.models import DeepAutoencoder, seeded_autoencoder
 from layerwise.pca import fit_pca
 from layerwise.retrieval import nearest, precision_at_k
@@ -38,9 +39,39 @@ def test_unrolled_fine_tuning_lowers_the_reconstruction_error():
     x = (x / x.max()).clamp(0, 1)
     deep = DeepAutoencoder(_stages())
     before = squared_error(deep, x)
-    result = train_unrolled(deep, x, x[:32], epochs=30, batch_size=32, optimizer="adam", lr=0.01, l2=0.001)
+    config = UnrollConfig(epochs=30, batch_size=32, optimizer="adam", lr=0.01, l2=0.001)
+    result = train_unrolled(deep, x, x[:32], config)
     assert squared_error(deep, x) < 0.5 * before
     assert [r.metrics.keys() for r in result.history][0] == {"recon_loss", "val_sq_error"}
+
+
+def test_unroll_trains_copies_of_the_stages_as_train_unrolled_does():
+    from layerwise.transfer import freeze
+    from layerwise.unroll import unroll
+
+    torch.manual_seed(0)
+    x = (torch.rand(64, 2) @ torch.rand(2, 12)).clamp(0, 1)
+    config = UnrollConfig(epochs=3, batch_size=16, lr=0.01, l2=0.001)
+    stages = _stages()
+    for stage in stages:
+        freeze(stage.encoder)  # as a pretrained stack holds them
+    before = [{k: v.clone() for k, v in stage.state_dict().items()} for stage in stages]
+    unrolled = unroll(stages, {"train": x, "val": x[:16], "test": x[16:]}, config, seed=4)
+    for stage, state in zip(stages, before):  # the stages are left alone, frozen as they were
+        assert all(torch.equal(v, stage.state_dict()[k]) for k, v in state.items())
+        assert not any(p.requires_grad for p in stage.encoder.parameters())
+    direct = DeepAutoencoder(_stages())
+    stacked = squared_error(direct, x[16:])
+    result = train_unrolled(direct, x, x[:16], config, seed=4)
+    assert all(torch.equal(v, unrolled.model.state_dict()[k]) for k, v in direct.state_dict().items())
+    assert [r.metrics for r in unrolled.result.history] == [r.metrics for r in result.history]
+    assert unrolled.test_sq_error_stacked == stacked and unrolled.test_sq_error == squared_error(direct, x[16:])
+    assert unrolled.test_sq_error < unrolled.test_sq_error_stacked
+    assert unroll(_stages(), {"train": x, "val": x[:16]}, config).test_sq_error is None
+    with pytest.raises(ValueError, match="dense stages"):
+        from layerwise.models import ConvAutoencoder
+
+        unroll([ConvAutoencoder((1, 4, 4), 2, 3, 2, "sigmoid", "bce")], {"train": x, "val": x}, config)
 
 
 def test_pca_is_the_top_eigenvectors_and_its_error_the_discarded_variance():

@@ -44,8 +44,8 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
     assert experiment.artifact_location.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
 
     [parent] = _parents(client, experiment.experiment_id, "FINISHED")
-    assert parent.info.run_id == result["parent_run_id"]
-    assert parent.data.metrics["test_error"] == pytest.approx(result["test_error"])
+    assert parent.info.run_id == result.parent_run_id
+    assert parent.data.metrics["test_error"] == pytest.approx(result.outcome.test_error)
     assert parent.data.params["finetune.labels"] == "200" and parent.data.params["layers.0.l1"] == "0.03"
     logged = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "pipeline.yaml", str(tmp_path))))
     assert logged["pipelines"]["smoke"]["layers"][2]["size"] == 500
@@ -78,10 +78,10 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
 def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking):
     result = layerwise_pipeline("smoke", ["finetune.init=scratch"], mnist_root=str(mnist_root()))
     client = MlflowClient()
-    children = _children(client, result["parent_run_id"], result["experiment_id"])
+    children = _children(client, result.parent_run_id, result.experiment_id)
     assert list(children) == ["finetune"]  # no pretraining for the control
     assert children["finetune"].data.tags["layerwise.init"] == "scratch"
-    assert client.get_experiment_by_name("smoke").experiment_id == result["experiment_id"]
+    assert client.get_experiment_by_name("smoke").experiment_id == result.experiment_id
 
 
 def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
@@ -102,8 +102,8 @@ def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(pr
     first = layerwise_pipeline("smoke", mnist_root=str(mnist_root()))
     second = layerwise_pipeline("smoke", ["finetune.seed=1"], mnist_root=str(mnist_root()))
     client = MlflowClient()
-    trained = _children(client, first["parent_run_id"], first["experiment_id"])
-    reused = _children(client, second["parent_run_id"], second["experiment_id"])
+    trained = _children(client, first.parent_run_id, first.experiment_id)
+    reused = _children(client, second.parent_run_id, second.experiment_id)
     for index in (1, 2, 3):
         stage = f"pretrain-{index}"
         assert "layerwise.reused" not in trained[stage].data.tags

@@ -33,13 +33,13 @@ def statuses() -> dict[str, str]:
     return {run.data.tags.get("layerwise.stage", "parent"): run.info.status for run in runs}
 
 
-def interrupt(proc, sig: int, group: bool) -> float:
+def interrupt(proc, sig: int, group: bool) -> tuple[float, str]:
     """Sends sig to the run's process group (what a terminal's Ctrl-C does) or to its pid (what a
-    scheduler does); returns the seconds until it exited."""
+    scheduler does); returns the seconds until it exited and what it printed meanwhile."""
     sent = time.monotonic()
     (os.killpg if group else os.kill)(proc.pid, sig)
-    proc.communicate(timeout=120)
-    return time.monotonic() - sent
+    rest, _ = proc.communicate(timeout=120)
+    return time.monotonic() - sent, rest
 
 
 @pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGINT, False), (signal.SIGTERM, True),
@@ -51,12 +51,12 @@ def test_an_interrupt_ends_every_open_run_killed_and_leaves_no_process(tracking,
     children = descendants(proc.pid)
     assert any("prefect.server.api.server" in " ".join(child.cmdline()) for child in children)
     try:
-        seconds = interrupt(proc, sig, group)
+        seconds, rest = interrupt(proc, sig, group)
     finally:
         proc.kill()
     print(f"{signal.Signals(sig).name} to the {'group' if group else 'pid'}: exit {proc.returncode} "
           f"in {seconds:.1f} s")
-    assert proc.returncode == 130
+    assert proc.returncode == 130, rest[-5000:]
     assert seconds < EXIT_WITHIN_S
     assert statuses() == {"parent": "KILLED", "pretrain-1": "FINISHED", "pretrain-2": "KILLED"}
     assert_all_gone(children)
@@ -69,10 +69,10 @@ def test_ctrl_c_stops_the_cells_running_in_worker_threads(tracking):
                          "--data-root", str(mnist_root())], "[finetune ")
     children = descendants(proc.pid)
     try:
-        seconds = interrupt(proc, signal.SIGINT, group=True)
+        seconds, rest = interrupt(proc, signal.SIGINT, group=True)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, f"exit {proc.returncode} after {seconds:.1f} s"
+    assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, f"exit {proc.returncode} after {seconds:.1f} s\n{rest[-5000:]}"
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("smoke-ablation").experiment_id])
     open_runs = [run for run in runs if run.info.status == "RUNNING"]

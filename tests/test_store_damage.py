@@ -9,13 +9,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import mnist_root
-from layerwise.config import PipelineConfig
+from layerwise.config import DataConfig, PipelineConfig
 from layerwise.paths import work_root
 from tasks import tracking as tr
 from tasks.data import prepare_data
 from tasks.finetune import finetune
 from tasks.context import RunContext
-from tasks.pretrain import pretrain_layer
+from tasks.pretrain import StackFiles, pretrain_layer
 from tasks.unroll import unroll_finetune
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def _parent(client, name="damage"):
 
 
 def _data(tmp_path):
-    return prepare_data.fn(str(mnist_root()), DATA, str(tmp_path / "w"))
+    return prepare_data.fn(str(mnist_root()), DataConfig.model_validate(DATA), str(tmp_path / "w"))
 
 
 def _warnings(caplog):
@@ -44,7 +44,7 @@ def test_a_stage_whose_stored_weights_are_damaged_is_retrained_with_a_warning(tm
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = _data(tmp_path)
-    inputs = torch.load(data["inputs"])
+    inputs = torch.load(data.inputs)
     first = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", tmp_path / "w1"), STACK.layers[0], inputs,
                               0, 1, "stage-key")
     stored = work_root() / "stages" / "stage-key" / "pretrain-1.pt"
@@ -70,8 +70,7 @@ def test_an_ablation_cell_whose_stored_test_error_was_edited_is_recomputed(tmp_p
     cfg = PipelineConfig.model_validate({
         "data": DATA, "layers": LAYERS[:1],
         "finetune": {"init": "scratch", "labels": 50, "epochs": 1, "lr": 0.1, "batch_size": 25, "seed": 0}})
-    args = (parent, experiment_id, "damage", cfg.model_dump(), data["inputs"], data["labels"], [], "cell", 1,
-            "cell-key")
+    args = (RunContext(parent, experiment_id, "damage", tmp_path / "w"), cfg, data, [], 1, "cell-key")
     first = finetune.fn(*args, register_model=False)
     meta_file = work_root() / "cells" / "cell-key" / "meta.json"
     meta = json.loads(meta_file.read_text())
@@ -80,13 +79,13 @@ def test_an_ablation_cell_whose_stored_test_error_was_edited_is_recomputed(tmp_p
 
     with caplog.at_level(logging.WARNING, logger="layerwise"):
         second = finetune.fn(*args, register_model=False)
-    assert second["trained_by"] == second["run_id"] != first["run_id"]  # recomputed, not trusted
-    assert second["test_error"] != 0.01 and client.get_run(second["run_id"]).data.metrics["test_error"] != 0.01
+    assert second.trained_by == second.run_id != first.run_id  # recomputed, not trusted
+    assert second.test_error != 0.01 and client.get_run(second.run_id).data.metrics["test_error"] != 0.01
     [line] = _warnings(caplog)
     assert str(meta_file.parent) in line and "meta.json does not match its checksum" in line
     # the recomputed cell is stored again and reused as is by the next run
     third = finetune.fn(*args, register_model=False)
-    assert third["trained_by"] == second["run_id"] and third["test_error"] == second["test_error"]
+    assert third.trained_by == second.run_id and third.test_error == second.test_error
 
 
 def test_stages_and_the_unrolled_model_reused_under_another_tracking_store_carry_their_weights(
@@ -97,15 +96,15 @@ def test_stages_and_the_unrolled_model_reused_under_another_tracking_store_carry
     def run_stack(workdir):
         client = MlflowClient(tr.tracking_uri())
         experiment_id, parent = _parent(client)
-        stages, codes = [], torch.load(data["inputs"])
+        stages, codes = [], torch.load(data.inputs)
         for index, layer in enumerate(cfg.layers, 1):
             stage = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", workdir), layer, codes, 0, index,
                                       f"key-{index}")
             stages.append({"run_id": stage.run_id, "trained_by": stage.trained_by, "weights": stage.weights})
             codes = stage.codes
-        unrolled = unroll_finetune.fn(parent, experiment_id, "damage", cfg.model_dump(), data["inputs"],
-                                      [s["weights"] for s in stages], ["key-1", "key-2"], str(workdir))
-        return client, stages + [unrolled]
+        unrolled = unroll_finetune.fn(RunContext(parent, experiment_id, "damage", workdir), cfg, data,
+                                      StackFiles(tuple(s["weights"] for s in stages), ("key-1", "key-2")))
+        return client, stages + [{"run_id": unrolled.run_id, "trained_by": unrolled.trained_by, "model": unrolled.model}]
 
     _, trained = run_stack(tmp_path / "w1")
     other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"

@@ -31,8 +31,8 @@ def _parent(client):
 
 def test_prepare_data_writes_splits(tmp_path, tracking):
     cfg = PipelineConfig.model_validate(CONFIG)
-    out = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    inputs, labels = torch.load(out["inputs"]), torch.load(out["labels"])
+    out = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
+    inputs, labels = torch.load(out.inputs), torch.load(out.labels)
     assert {k: tuple(v.shape) for k, v in inputs.items()} == {"train": (240, 784), "val": (60, 784), "test": (10000, 784)}
     assert len(labels["train_index"]) == 240 and len(labels["val"]) == 60
 
@@ -41,9 +41,9 @@ def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
     cfg = PipelineConfig.model_validate(CONFIG)
     client = MlflowClient()
     experiment_id, parent = _parent(client)
-    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
+    data = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
     run_ctx = RunContext(parent, experiment_id, "tasks", tmp_path / "w")
-    stage = pretrain_layer.fn(run_ctx, cfg.layers[0], torch.load(data["inputs"]), 0, 1, "key-1")
+    stage = pretrain_layer.fn(run_ctx, cfg.layers[0], torch.load(data.inputs), 0, 1, "key-1")
     run = client.get_run(stage.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["layerwise.stage"] == "pretrain-1" and run.data.tags["mlflow.parentRunId"] == parent
@@ -63,31 +63,31 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     cfg = PipelineConfig.model_validate(CONFIG)
     client = MlflowClient()
     experiment_id, parent = _parent(client)
-    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    weights, codes = [], torch.load(data["inputs"])
+    data = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
+    weights, codes = [], torch.load(data.inputs)
     for index, layer in enumerate(cfg.layers, 1):
         stage = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w"), layer, codes, 0, index,
                                   f"key-{index}")
         weights.append(stage.weights)
         codes = stage.codes
-    result = finetune.fn(parent, experiment_id, "tasks", cfg.model_dump(), data["inputs"], data["labels"], weights)
-    run = client.get_run(result["run_id"])
+    result = finetune.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w"), cfg, data, weights)
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["layerwise.labels"] == "100"
     assert abs(run.data.metrics["test_error"] - 100 * (1 - run.data.metrics["test_accuracy"])) < 1e-9
-    assert len(client.get_metric_history(result["run_id"], "val_accuracy")) == 2
-    subset = json.loads(open(client.download_artifacts(result["run_id"], "label_subset.json", str(tmp_path))).read())
-    labels = torch.load(data["labels"])
+    assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 2
+    subset = json.loads(open(client.download_artifacts(result.run_id, "label_subset.json", str(tmp_path))).read())
+    labels = torch.load(data.labels)
     assert len(subset) == 100 and set(subset) <= set(labels["train_index"].tolist())
     [version] = client.search_model_versions("name='tasks-classifier'")
-    assert version.run_id == result["run_id"]
+    assert version.run_id == result.run_id
 
 
 def test_a_stage_with_a_known_key_is_reused_not_retrained(tmp_path, tracking):
     cfg = PipelineConfig.model_validate(CONFIG)
     client = MlflowClient()
     experiment_id, parent = _parent(client)
-    data = prepare_data.fn(str(mnist_root()), cfg.data.model_dump(), str(tmp_path / "w"))
-    inputs = torch.load(data["inputs"])
+    data = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
+    inputs = torch.load(data.inputs)
     first = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w1"), cfg.layers[0], inputs, 0,
                               1, "same-key")
     second = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w2"), cfg.layers[0], inputs,

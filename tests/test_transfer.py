@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from layerwise.config import LayerConfig, resolve_layers
+from layerwise.config import Denoising, FinetuneConfig, LayerConfig, TrainingConfig, resolve_layers
+from layerwise.data import Labelled
 from layerwise.encode import encode
 from layerwise.stack import pretrain_stack, pretrain_stage
 from layerwise.models import Autoencoder
@@ -10,7 +11,13 @@ from layerwise.transfer import classifier_from_encoders, freeze, scratch_classif
 
 
 def _dense(n_in, n_out, activation):
-    return {"input": n_in, "size": n_out, "activation": activation}
+    """A dense layer's shape, for building classifiers (epochs and lr are required, and unused here)."""
+    return LayerConfig(input=n_in, size=n_out, activation=activation, epochs=1, lr=0.1)
+
+
+def _training(**settings):
+    """Classifier training settings; schedule constant unless given."""
+    return TrainingConfig(**{"schedule": "constant", **settings})
 
 
 def _layers(sizes, epochs=2):
@@ -56,7 +63,7 @@ def test_classifier_starts_as_the_encoders_and_finetuning_leaves_them_alone():
         assert type(block[1]) is type(encoder[1])
         assert all(p.requires_grad for p in block.parameters())
     assert clf.output.weight.shape == (3, 6)
-    train_classifier(clf, x, y, x, y, epochs=2, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    train_classifier(clf, Labelled(x, y, x, y), _training(epochs=2, batch_size=8, optimizer="sgd", lr=0.5), seed=0)
     assert not torch.equal(clf.hidden[0][0].weight, encoders[0][0].weight)  # fine-tuning moved the copy
     for encoder, snapshot in zip(encoders, snapshots):
         assert torch.equal(encoder[0].weight, snapshot["0.weight"])  # ...and not the encoder
@@ -84,14 +91,16 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
     x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
     clf = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
     seen = []
-    result = train_classifier(clf, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last",
-                              seed=0, callback=lambda r: seen.append(r.metrics["val_accuracy"]))
+    result = train_classifier(clf, Labelled(x, y, x, y),
+                              _training(epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last"), seed=0,
+                              callback=lambda r: seen.append(r.metrics["val_accuracy"]))
     assert result.best_epoch == 4 and len(seen) == 4
     from layerwise.training import accuracy
 
     assert accuracy(clf, x, y) == seen[-1]
     best = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
-    result = train_classifier(best, x, y, x, y, epochs=4, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    result = train_classifier(best, Labelled(x, y, x, y), _training(epochs=4, batch_size=8, optimizer="sgd", lr=0.5),
+                              seed=0)
     assert accuracy(best, x, y) == max(seen) and seen[result.best_epoch - 1] == max(seen)
 
 
@@ -103,8 +112,9 @@ def test_a_seeded_stage_reproduces_bit_for_bit():
     for _ in range(2):
         torch.manual_seed(12345 + len(weights))  # whatever the global RNG held before
         ae = seeded_autoencoder(12, 8, "sigmoid", "bce", seed=3)
-        train_autoencoder(ae, x, x[:8], epochs=2, batch_size=16, optimizer="adam", lr=1e-2, l1=0.01,
-                          noise=("mask", 0.2), seed=3)
+        layer = LayerConfig(input=12, size=8, loss="bce", epochs=2, batch_size=16, optimizer="adam", lr=1e-2,
+                            l1=0.01, denoising=Denoising(kind="mask", level=0.2))
+        train_autoencoder(ae, x, x[:8], layer, seed=3)
         weights.append(ae.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -115,11 +125,14 @@ def test_head_epochs_train_the_output_layer_alone_first():
     clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
     hidden_before = clf.hidden[0][0].weight.clone()
     output_before = clf.output.weight.clone()
-    train_classifier(clf, x, y, x, y, epochs=0, head_epochs=3, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    # no epochs through every layer: the schema asks for one at least, the loop takes none
+    head_only = _training(epochs=1, head_epochs=3, batch_size=8, optimizer="sgd", lr=0.5).model_copy(
+        update={"epochs": 0})
+    train_classifier(clf, Labelled(x, y, x, y), head_only, seed=0)
     assert torch.equal(clf.hidden[0][0].weight, hidden_before)
     assert not torch.equal(clf.output.weight, output_before)
     assert all(p.requires_grad for p in clf.parameters())  # unfrozen again afterwards
-    train_classifier(clf, x, y, x, y, epochs=1, batch_size=8, optimizer="sgd", lr=0.5, seed=0)
+    train_classifier(clf, Labelled(x, y, x, y), _training(epochs=1, batch_size=8, optimizer="sgd", lr=0.5), seed=0)
     assert not torch.equal(clf.hidden[0][0].weight, hidden_before)
 
 
@@ -142,8 +155,8 @@ def test_a_fine_tune_does_not_depend_on_what_runs_beside_it():
 
     def cell(seed, out):
         clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.5, seed=seed, input_dropout=0.2)
-        train_classifier(clf, x, y, x[:16], y[:16], epochs=8, batch_size=8, optimizer="sgd", lr=0.1,
-                         keep="last", seed=seed)
+        train_classifier(clf, Labelled(x, y, x[:16], y[:16]),
+                         _training(epochs=8, batch_size=8, optimizer="sgd", lr=0.1, keep="last"), seed=seed)
         out[seed] = clf.state_dict()
 
     alone = {}
@@ -168,3 +181,17 @@ def test_the_output_layer_is_drawn_from_the_seed_alone():
     torch.manual_seed(2)
     b = classifier_from_encoders(encoders, 3, 0.0, seed=4)
     assert torch.equal(a.output.weight, b.output.weight) and torch.equal(a.output.bias, b.output.bias)
+
+
+def test_a_finetune_config_trains_with_the_settings_in_force_for_its_init():
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
+    config = FinetuneConfig(init="scratch", epochs=2, batch_size=8, optimizer="sgd", lr=0.5, schedule="constant",
+                            min_steps=15, scratch={"optimizer": "adam", "lr": 0.01})
+    weights = []
+    for settings in (config, config.in_force()):
+        clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
+        result = train_classifier(clf, Labelled(x, y, x, y), settings, seed=0)
+        assert len(result.history) == 3  # min_steps 15 at 5 batches an epoch: 3 epochs, not 2
+        weights.append(clf.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -1,0 +1,326 @@
+"""Where the whole `layerwise run` process spends the time a bare PyTorch script does not: the fixed
+start-up and shut-down costs behind the end-to-end line (benchmarks/e2e.py). A diagnostic, not part
+of `make bench`:
+
+    python -m benchmarks.startup_profile [--out F.json] [--epochs 1]
+
+1. Interpreter and imports: `python -c pass`, `import torch, torchvision` (the bare script's imports)
+   and `layerwise --help` as processes, and `-X importtime` of `layerwise --help` and of what `run`
+   imports later, summed per top-level package (self time, so a package is charged once).
+2. One `layerwise run quickstart` (every image, `--epochs` epochs per stage and for fine-tuning,
+   a fresh sqlite MLflow store and LAYERWISE_WORKDIR) in an instrumented process: exclusive wall
+   time per part (benchmarks/timers.py), the Prefect engine as the remainder of the flow, the time
+   after main() returns to the process's end measured from outside, and a cProfile of the model
+   logging (tasks/finetune.py _log_model).
+"""
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+STARTED_WALL = time.time()
+
+import argparse  # noqa: E402
+import atexit  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pstats  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERWISE = str(Path(sys.executable).parent / "layerwise")
+RUN_IMPORTS = ["tasks.tracking", "flows.pipeline", "flows.prefect_api"]  # what cmd_run imports after the CLI
+
+
+def _process(cmd: list[str], env: dict | None = None) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # cumulative: differences are taken by the caller
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}: {err[-2000:]}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "stdout": out, "stderr": err}
+
+
+def timed_process(cmd: list[str], repeats: int = 3, env: dict | None = None) -> dict:
+    """Best of `repeats` (wall and CPU: the machine is shared, the minimum is the cost)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = _process(cmd, env)
+        walls.append(r["wall"])
+        cpus.append(r["cpu"] - (before.ru_utime + before.ru_stime))
+    return {"wall_best": min(walls), "cpu_best": min(cpus), "walls": walls}
+
+
+def parse_importtime(stderr: str) -> dict:
+    """-X importtime lines: self and cumulative µs per module, nesting by indentation."""
+    rows = []
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(1)), int(m.group(2)), len(m.group(3)) // 2, m.group(4)))
+    by_package: dict[str, float] = defaultdict(float)
+    for self_us, _, _, name in rows:
+        by_package[name.split(".")[0]] += self_us / 1e6
+    top = sorted(((cum / 1e6, name) for _, cum, depth, name in rows if depth == 0), reverse=True)
+    return {"total_seconds": sum(r[0] for r in rows) / 1e6,
+            "by_package": dict(sorted(by_package.items(), key=lambda kv: -kv[1])),
+            "top_level": [{"module": n, "cumulative_seconds": s} for s, n in top[:25]]}
+
+
+def imports_section(repeats: int) -> dict:
+    py = sys.executable
+    result = {"python -c pass": timed_process([py, "-c", "pass"], repeats),
+              "import torch, torchvision (bare script)": timed_process(
+                  [py, "-c", "import torch, torchvision.datasets"], repeats),
+              "layerwise --help": timed_process([LAYERWISE, "--help"], repeats),
+              "layerwise --help, then run's imports": timed_process(
+                  [py, "-c", "import flows.cli; " + "; ".join(f"import {m}" for m in RUN_IMPORTS)], repeats)}
+    help_times = _process([py, "-X", "importtime", LAYERWISE, "--help"])
+    result["importtime layerwise --help"] = parse_importtime(help_times["stderr"])
+    code = "import flows.cli; import sys; print('---', file=sys.stderr); " + "; ".join(f"import {m}" for m in RUN_IMPORTS)
+    run_times = _process([py, "-X", "importtime", "-c", code])
+    result["importtime run's later imports"] = parse_importtime(run_times["stderr"].split("---", 1)[1])
+    return result
+
+
+# --- the instrumented run (in a child process) -------------------------------------------------
+
+def launch_api_early() -> None:
+    """Proposal 'early-api', tried without editing the project: the temporary Prefect API's process
+    is started first thing (the same uvicorn command Prefect's SubprocessASGIServer runs) and the
+    run points PREFECT_API_URL at it, so it starts while this process imports and checks, and this
+    process never imports prefect.server (FastAPI, the server's models); the health wait comes
+    where start_temporary_api() was called."""
+    import importlib.util
+    import socket
+    import types
+    import urllib.request
+
+    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+                               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                               "--log-level", "error", "--lifespan", "on"], env=env, start_new_session=True)
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+
+    def stop() -> None:
+        server.terminate()
+        server.wait(timeout=10)
+
+    def wait_for_api() -> None:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 180:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the early temporary API did not start")
+
+    atexit.register(stop)
+    fake = types.ModuleType("flows.prefect_api")  # cmd_run imports start_temporary_api from here
+    fake.start_temporary_api = wait_for_api
+    sys.modules["flows.prefect_api"] = fake
+
+
+def child(args) -> None:
+    from benchmarks.timers import Ledger
+
+    variants = set(filter(None, args.variant.split(",")))
+    if "early-api" in variants:
+        launch_api_early()
+    import psutil
+
+    marks = {"process_started": STARTED,
+             "before_first_line": STARTED_WALL - psutil.Process().create_time()}  # interpreter start, site
+    t = time.perf_counter()
+    import flows.cli
+    marks["import flows.cli (layerwise --help's imports)"] = time.perf_counter() - t
+    for module in RUN_IMPORTS:  # imported here rather than lazily inside main, so they are timed apart
+        t = time.perf_counter()
+        __import__(module)
+        marks[f"import {module}"] = time.perf_counter() - t
+
+    import mlflow.store.db.utils as db_utils
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    if "early-api" in variants:
+        class SubprocessASGIServer:  # never imported in this variant: nothing to patch
+            start = stop = staticmethod(lambda *a, **k: None)
+    else:
+        from prefect.server.api.server import SubprocessASGIServer
+
+    import flows.pipeline
+    import layerwise.data
+    import layerwise.finetune
+    import layerwise.stack
+    import tasks.data
+    import tasks.finetune
+    import tasks.runs
+    import tasks.tracking
+    from layerwise.cache import Store
+
+    MODEL_LOG, PARENT, MLFLOW = "model logging (_log_model)", "open the parent run (open_pipeline_run)", "MLflow calls"
+    # sticky: what these call stays theirs (torch.save inside log_model); MLflow calls are not sticky,
+    # so a fresh store's table creation, made inside the first client call, shows apart
+    ledger = Ledger(sticky=(MODEL_LOG, PARENT))
+    ledger.patch(SubprocessASGIServer, "start", "temporary Prefect API: start")
+    ledger.patch(SubprocessASGIServer, "stop", "temporary Prefect API: stop (atexit)")
+    if "early-api" in variants:
+        ledger.patch(sys.modules["flows.prefect_api"], "start_temporary_api", "temporary Prefect API: start")
+    ledger.patch(db_utils, "_initialize_tables", "MLflow: create the tables of a fresh sqlite store")
+    ledger.patch(db_utils, "_verify_schema", "MLflow: verify the store's schema")
+    ledger.patch(tasks.tracking, "check_store", "MLflow store check (check_store)")
+    ledger.patch(layerwise.data, "verify_mnist", "MNIST MD5 check")
+    for module_name in ("flows.cli", "flows.checks", "flows.pipeline"):
+        module = sys.modules.get(module_name)
+        for name, what in (("load_pipeline", "config: load and validate"), ("check_fits", "config: memory estimate"),
+                           ("check_schedules", "config: schedule check (Prefect cron model)")):
+            if module is not None and hasattr(module, name):
+                ledger.patch(module, name, what)
+    ledger.patch(tasks.data, "load_mnist", "data: decode MNIST and split")
+    for name in ("save", "load"):
+        ledger.patch(torch, name, "intermediate files (torch.save / torch.load)")
+    ledger.patch(layerwise.stack, "train_autoencoder", "compute")
+    ledger.patch(layerwise.stack, "encode", "compute")
+    ledger.patch(layerwise.finetune, "train_classifier", "compute")
+    ledger.patch(tasks.finetune, "accuracy", "compute")
+    for name in ("get", "put", "load"):
+        if hasattr(Store, name):
+            ledger.patch(Store, name, "stage store (get/put/load)")
+    for name, member in vars(MlflowClient).items():
+        if not name.startswith("_") and callable(member) and not isinstance(member, (staticmethod, classmethod)):
+            ledger.patch(MlflowClient, name, MLFLOW)
+    tasks.runs.open_pipeline_run.fn = ledger.wrap(PARENT, tasks.runs.open_pipeline_run.fn)
+
+    profile = cProfile.Profile()
+    log_model = tasks.finetune._log_model
+
+    def profiled_log_model(*a, **k):
+        profile.enable()
+        try:
+            return log_model(*a, **k)
+        finally:
+            profile.disable()
+
+    tasks.finetune._log_model = ledger.wrap(MODEL_LOG, profiled_log_model)
+    flow = flows.pipeline.layerwise_pipeline
+    flows.pipeline.layerwise_pipeline = ledger.wrap("Prefect engine, tasks and glue (rest of the flow)",
+                                                    lambda *a, **k: flow(*a, **k))
+    main = ledger.wrap("CLI: the rest of main()", flows.cli.main)
+    argv = ["run", "quickstart", "--set", f"finetune.epochs={args.epochs}"] + \
+        [f"--set=layers.{i}.epochs={args.epochs}" for i in range(3)] + \
+        (["--set", f"data.train_size={args.train_size}"] if args.train_size else [])
+
+    def write() -> None:  # registered before main runs: atexit runs it after Prefect's own handlers
+        marks["atexit_done"] = time.perf_counter()
+        stream = io.StringIO()
+        stats = pstats.Stats(profile, stream=stream)
+        stats.sort_stats("cumulative").print_stats(45)
+        Path(args.child_out).write_text(json.dumps({
+            "marks": marks, "seconds": dict(ledger.seconds), "calls": dict(ledger.calls),
+            "log_model_profile": stream.getvalue()}, indent=2))
+
+    atexit.register(write)
+    marks["main_started"] = time.perf_counter()
+    code = main(argv)
+    marks["main_returned"] = time.perf_counter()
+    marks["prefect_server_imported_in_main"] = "prefect.server.api.server" in sys.modules
+    if "gc-freeze" in variants:  # proposal: skip the final collections over every imported object
+        import gc
+
+        gc.freeze()
+    if code:
+        raise SystemExit(code)
+
+
+def timeline_section(epochs: int, variant: str = "", train_size: int | None = None) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="layerwise-startup-"))
+    try:
+        out = scratch / "child.json"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlruns' / 'mlflow.db'}",
+               "LAYERWISE_WORKDIR": str(scratch / "work"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        (scratch / "mlruns").mkdir()
+        started = time.perf_counter()
+        r = _process([sys.executable, "-m", "benchmarks.startup_profile", "--child-out", str(out),
+                      "--epochs", str(epochs), "--variant", variant] +
+                     (["--train-size", str(train_size)] if train_size else []), env)
+        wall = time.perf_counter() - started
+        child_result = json.loads(out.read_text())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    marks = child_result["marks"]
+    t0 = marks["process_started"]
+    parts = {"interpreter start and site (before the first line)": marks["before_first_line"],
+             **{k: v for k, v in marks.items() if k.startswith("import ")}}
+    seconds = child_result["seconds"]
+    after_main = wall - (marks["main_returned"] - t0) - marks["before_first_line"]
+    return {"variant": variant, "process_seconds": wall, "imports": parts,
+            "prefect_server_imported_in_main": marks["prefect_server_imported_in_main"],
+            "flow_and_checks_seconds": marks["main_returned"] - marks["main_started"], "in_main": seconds, "calls": child_result["calls"],
+            "after_main_returned_seconds": after_main,
+            "atexit_seconds": marks["atexit_done"] - marks["main_returned"],
+            "log_model_profile": child_result["log_model_profile"], "stdout_tail": r["stdout"][-1500:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per stage and for fine-tuning")
+    parser.add_argument("--repeats", type=int, default=3, help="process timings: best of this many")
+    parser.add_argument("--skip-imports", action="store_true")
+    parser.add_argument("--train-size", type=int, default=None, help="as --set data.train_size (default: all)")
+    parser.add_argument("--compare", default=None, metavar="V1;V2;...",
+                        help="instead of the profile: the run once per variant, alternated, --repeats rounds; a "
+                             "variant is a comma list of early-api, gc-freeze ('' = as the project is)")
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_out:
+        return child(args)
+    load_before = os.getloadavg()
+    result = {"load_before": load_before}
+    if args.compare is not None:
+        rounds = []
+        for _ in range(args.repeats):
+            for variant in args.compare.split(";"):
+                t = timeline_section(args.epochs, variant, args.train_size)
+                t.pop("log_model_profile")
+                t["load_after"] = os.getloadavg()[0]
+                rounds.append(t)
+                print(f"variant {variant or 'as is':20s} process {t['process_seconds']:.2f} s, main "
+                      f"{t['flow_and_checks_seconds']:.2f} s, after main {t['after_main_returned_seconds']:.2f} s, "
+                      f"API start wait {t['in_main'].get('temporary Prefect API: start', 0):.2f} s, imports "
+                      f"{sum(t['imports'].values()):.2f} s (load {t['load_after']:.2f})", file=sys.stderr, flush=True)
+        result["compare"] = rounds
+    else:
+        if not args.skip_imports:
+            result["imports"] = imports_section(args.repeats)
+        result["timeline"] = timeline_section(args.epochs, train_size=args.train_size)
+    result["load_after"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
