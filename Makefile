@@ -35,7 +35,8 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
-# Not part of make test: speed, overhead, reuse, memory, scaling (about 15 min on 2 cores).
+# Not part of make test: speed, overhead, reuse, memory, scaling, and the whole `layerwise run quickstart`
+# against a bare PyTorch script (about 20 min on 2 cores; `ARGS="--only e2e"` for that line alone).
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
 

@@ -148,5 +148,6 @@ def markdown(r: dict) -> str:
     machine = r["machine"]
     head = [f"## layerwise benchmarks — {machine['cpus']} CPU cores, {'a GPU' if machine['gpu'] else 'no GPU'}, "
             f"torch {machine['torch']}{' (quick mode)' if r.get('quick') else ''}",
-            f"Run {r['started']}, {r['bench_seconds'] / 60:.1f} min{_load(r)}.", ""]
+            f"Run {r['started']}{' at ' + r['commit'] if r.get('commit') else ''}, {r['bench_seconds'] / 60:.1f} min"
+            f"{_load(r)}.", ""]
     return "\n".join(head + targets(r) + details(r)) + "\n"

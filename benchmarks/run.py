@@ -1,5 +1,7 @@
 """`make bench`: every figure is a ratio measured side by side in this one run, so it holds on a
-noisy machine. Writes benchmarks/results/latest.json and latest.md and prints the table."""
+noisy machine. Writes benchmarks/results/latest.json and latest.md and prints the table. The last
+section is the end-to-end line (benchmarks/e2e.py): the whole `layerwise run quickstart` command
+against benchmarks/bare_quickstart.py, alternated; `--only e2e` runs it alone (results/e2e.*)."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +79,18 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
     return {"slope": slope, "intercept": intercept, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
 
 
+def commit() -> str | None:
+    """The checkout measured: HEAD, '+dirty' when tracked files differ from it (others may be editing)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
@@ -90,7 +104,8 @@ def main() -> int:
     started = time.perf_counter()
     results: dict = {"machine": {"cpus": threads, "gpu": torch.cuda.is_available(), "torch": torch.__version__,
                                  "processor": platform.processor() or platform.machine()},
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_before": os.getloadavg()}
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_before": os.getloadavg(),
+                     "commit": commit()}
     if args.only != "e2e":
         run_sections(args, results, threads)
     log(f"== end to end: the whole `layerwise run quickstart` against a bare PyTorch script, {args.pairs} pair(s)")

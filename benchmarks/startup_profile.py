@@ -2,7 +2,9 @@
 start-up and shut-down costs behind the end-to-end line (benchmarks/e2e.py). A diagnostic, not part
 of `make bench`:
 
-    python -m benchmarks.startup_profile [--out F.json] [--epochs 1]
+    python -m benchmarks.startup_profile [--out F.json] [--epochs 1]      # the profile (about 2 min)
+    python -m benchmarks.startup_profile --compare ";early-api,gc-freeze" --train-size 20000 --repeats 2
+    python -m benchmarks.startup_profile --as-proposed run quickstart   # the CLI with both proposals
 
 1. Interpreter and imports: `python -c pass`, `import torch, torchvision` (the bare script's imports)
    and `layerwise --help` as processes, and `-X importtime` of `layerwise --help` and of what `run`
@@ -12,6 +14,8 @@ of `make bench`:
    time per part (benchmarks/timers.py), the Prefect engine as the remainder of the flow, the time
    after main() returns to the process's end measured from outside, and a cProfile of the model
    logging (tasks/finetune.py _log_model).
+3. --compare: proposals tried from outside, without editing the project (see launch_api_early and
+   the gc.freeze calls): the same run per variant, alternated, process wall and its parts.
 """
 from __future__ import annotations
 
@@ -119,6 +123,12 @@ def launch_api_early() -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
 
     def stop() -> None:
+        try:  # the API process's own CPU time, for comparing with Prefect's start (it is reaped: rusage has it too)
+            fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            print(f"temporary API process CPU {(int(fields[11]) + int(fields[12])) / ticks:.1f} s", file=sys.stderr)
+        except (OSError, IndexError, ValueError):
+            pass
         server.terminate()
         server.wait(timeout=10)
 
@@ -137,6 +147,19 @@ def launch_api_early() -> None:
     fake = types.ModuleType("flows.prefect_api")  # cmd_run imports start_temporary_api from here
     fake.start_temporary_api = wait_for_api
     sys.modules["flows.prefect_api"] = fake
+
+
+def as_proposed(argv: list[str]) -> int:
+    """`layerwise ARGV` with the two measured proposals applied from outside (early-api, gc-freeze)
+    and nothing instrumented: python -m benchmarks.startup_profile --as-proposed run quickstart"""
+    launch_api_early()
+    import gc
+
+    import flows.cli
+
+    code = flows.cli.main(argv)
+    gc.freeze()
+    return code
 
 
 def child(args) -> None:
@@ -239,6 +262,10 @@ def child(args) -> None:
             "log_model_profile": stream.getvalue()}, indent=2))
 
     atexit.register(write)
+    if "gc-freeze-imports" in variants:  # proposal: imported modules' objects out of every later collection
+        import gc
+
+        gc.freeze()
     marks["main_started"] = time.perf_counter()
     code = main(argv)
     marks["main_returned"] = time.perf_counter()
@@ -290,9 +317,11 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=None, help="as --set data.train_size (default: all)")
     parser.add_argument("--compare", default=None, metavar="V1;V2;...",
                         help="instead of the profile: the run once per variant, alternated, --repeats rounds; a "
-                             "variant is a comma list of early-api, gc-freeze ('' = as the project is)")
+                             "variant is a comma list of early-api, gc-freeze (at exit), gc-freeze-imports (after the imports) ('' = as the project is)")
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--as-proposed"]:
+        sys.exit(as_proposed(sys.argv[2:]))
     args = parser.parse_args()
     if args.child_out:
         return child(args)
