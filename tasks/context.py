@@ -8,16 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tasks import tracking
 
+FOREIGN_RUN_TAG = "layerwise.reused_from_run"
+FOREIGN_STORE_TAG = "layerwise.reused_from_store"
+
 
 @dataclass(frozen=True)
 class ChildRun:
-    """A stage's open MLflow run and the client it logs through."""
+    """A stage's open MLflow run and the client it logs through. foreign: it reuses work whose run
+    is not in this tracking store, so it must hold the stored files itself (see reuse_link)."""
     mlf: MlflowClient
     id: str
+    foreign: bool = False
 
     def params(self, params: dict[str, Any]) -> None:
         tracking.log_params(self.mlf, self.id, params)
@@ -27,6 +33,26 @@ class ChildRun:
 
     def artifact(self, path: Path | str, folder: Optional[str] = None) -> None:
         self.mlf.log_artifact(self.id, str(path), folder)
+
+
+def reuse_link(mlf: MlflowClient, meta: dict, link_tag: str) -> tuple[str, dict[str, str], bool]:
+    """How a reusing run points at the run that did the work: (the tag naming that run, extra
+    tags, whether the reusing run must hold the stored files itself).
+
+    When that run is in this tracking store: link_tag = its id, and the weights stay with it (no
+    copy). When it is not (trained under another MLFLOW_TRACKING_URI, or this store was emptied),
+    a link tag would point at nothing, so the link tag is left off and the caller logs the stored
+    files as the reusing run's own artifacts: as for any run without a link tag, the weights are
+    in the run itself. Where they came from is kept as reused_from_run (the run id) and
+    reused_from_store (the store it was tracked in). The run id is what decides, not the URI: one
+    store reached under two spellings still resolves it, and the link works there."""
+    try:
+        here = mlf.get_run(meta["run_id"]).info.lifecycle_stage != "deleted"
+    except MlflowException:
+        here = False
+    if here:
+        return link_tag, {}, False
+    return FOREIGN_RUN_TAG, {FOREIGN_STORE_TAG: str(meta.get("tracking_uri", "unknown"))}, True
 
 
 @dataclass(frozen=True)
@@ -42,13 +68,19 @@ class RunContext:
 
     @contextlib.contextmanager
     def child_run(self, title: str, stage: str, tags: Optional[dict[str, str]] = None,
-                  reused_from: Optional[str] = None, link_tag: Optional[str] = None) -> Iterator[ChildRun]:
-        """A child of the pipeline's parent run, tagged with the pipeline and stage; a stage reused
-        from an earlier run is titled '... (reused)' and linked (link_tag) to the run that did the
-        work. It ends FINISHED, FAILED on an error or KILLED on an interrupt: never left RUNNING."""
+                  reused: Optional[dict] = None, link_tag: Optional[str] = None) -> Iterator[ChildRun]:
+        """A child of the pipeline's parent run, tagged with the pipeline and stage. A stage reused
+        from the store (reused: its entry's metadata) is titled '... (reused)' and linked (link_tag)
+        to the run that did the work, or marked foreign when that run is not in this tracking store
+        (reuse_link). It ends FINISHED, FAILED on an error or KILLED on an interrupt: never left
+        RUNNING."""
         mlf = tracking.client()
         tags = {tracking.PIPELINE_TAG: self.pipeline, tracking.STAGE_TAG: stage, **(tags or {})}
-        run_id = tracking.start_child_run(mlf, self.experiment_id, title, tags, self.parent_run_id, reused_from,
-                                          link_tag)
+        foreign = False
+        if reused:
+            link_tag, extra, foreign = reuse_link(mlf, reused, link_tag)
+            tags.update(extra)
+        run_id = tracking.start_child_run(mlf, self.experiment_id, title, tags, self.parent_run_id,
+                                          reused and reused["run_id"], link_tag)
         with tracking.run_status(mlf, run_id):
-            yield ChildRun(mlf, run_id)
+            yield ChildRun(mlf, run_id, foreign)

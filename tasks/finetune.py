@@ -24,7 +24,6 @@ from tasks.context import ChildRun, RunContext
 from tasks.data import DataFiles
 from tasks.logs import epoch_reporter, run_logger
 from tasks.results import CellResult
-from tasks.pretrain import reuse_link
 
 STAGE = "finetune"
 CELL_LINK_TAG = "layerwise.cell_run_id"
@@ -59,13 +58,9 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
     n_labels, name = cfg.n_labels(), f"{STAGE} {cfg.cell_name()}"
     store = cell_store()
     cached = store.get(cache_key) if cache_key else None  # verified: an edited metric is not trusted
-    tags = cell_tags(cfg)
     title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
-    link_tag = CELL_LINK_TAG
-    if cached:  # a cell holds no files: from another tracking store only the link changes
-        link_tag, extra, _ = reuse_link(tracking.client(), cached.meta, CELL_LINK_TAG)
-        tags.update(extra)
-    with run.child_run(title, STAGE, tags, cached.meta["run_id"] if cached else None, link_tag) as child:
+    # a cell holds no files: reused from another tracking store, only its link changes
+    with run.child_run(title, STAGE, cell_tags(cfg), cached and cached.meta, CELL_LINK_TAG) as child:
         child.params({**flatten(ft.model_dump(exclude={"scratch"}), "finetune"), "sizes": cfg.sizes,
                       "n_labels": n_labels, "activations": [layer.activation for layer in cfg.layers]})
         if cached:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -22,8 +20,6 @@ from tasks.context import RunContext
 from tasks.logs import epoch_reporter, run_logger
 
 LINK_TAG = "layerwise.pretrain_run_id"
-FOREIGN_RUN_TAG = "layerwise.reused_from_run"
-FOREIGN_STORE_TAG = "layerwise.reused_from_store"
 
 
 def stage_name(index: int) -> str:
@@ -42,26 +38,6 @@ def _regularisers(cfg: LayerConfig) -> str:
 
 def stage_store() -> Store:
     return Store(work_root() / "stages", warn=run_logger().warning)
-
-
-def reuse_link(mlf: MlflowClient, meta: dict, link_tag: str) -> tuple[str, dict[str, str], bool]:
-    """How a reusing run points at the run that did the work: (the tag naming that run, extra
-    tags, whether the reusing run must hold the stored files itself).
-
-    When that run is in this tracking store: link_tag = its id, and the weights stay with it (no
-    copy). When it is not (trained under another MLFLOW_TRACKING_URI, or this store was emptied),
-    a link tag would point at nothing, so the link tag is left off and the caller logs the stored
-    files as the reusing run's own artifacts: as for any run without a link tag, the weights are
-    in the run itself. Where they came from is kept as reused_from_run (the run id) and
-    reused_from_store (the store it was tracked in). The run id is what decides, not the URI: one
-    store reached under two spellings still resolves it, and the link works there."""
-    try:
-        here = mlf.get_run(meta["run_id"]).info.lifecycle_stage != "deleted"
-    except MlflowException:
-        here = False
-    if here:
-        return link_tag, {}, False
-    return FOREIGN_RUN_TAG, {FOREIGN_STORE_TAG: str(meta.get("tracking_uri", "unknown"))}, True
 
 
 @dataclass(frozen=True)
@@ -86,7 +62,7 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
                    cache_key: str) -> StoredStage:
     """One stage of the core's greedy loop (layerwise.stack.pretrain_stack calls it with each
     layer's inputs): reused from the stage store when an identical stage was trained before (by
-    any run, maybe tracked in another store: see reuse_link), else trained by the core's
+    any run, maybe tracked in another store: see tasks.context.reuse_link), else trained by the core's
     train_stage; either way tracked as a child run and its splits encoded once."""
     configure_cpu()
     stage = stage_name(index)
@@ -96,23 +72,18 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     cached, encoder = found or (None, None)
     shape = f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv" else str(layer.size)
     title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"
-    tags = {"layerwise.stage_key": cache_key}
-    link_tag, foreign = LINK_TAG, False
-    if cached:
-        link_tag, extra, foreign = reuse_link(tracking.client(), cached.meta, LINK_TAG)
-        tags.update(extra)
     model = result = None
-    with run.child_run(title, stage, tags, cached.meta["run_id"] if cached else None, link_tag) as child:
+    with run.child_run(title, stage, {"layerwise.stage_key": cache_key}, cached and cached.meta, LINK_TAG) as child:
         child.params(flatten(resolved))
         if cached:
             weights = cached.file(f"{stage}.pt")
             trained_by = cached.meta["run_id"]
             run_logger().info(f"[{stage}] reused: identical stage trained by MLflow run {trained_by} "
                               f"(key {cache_key}); no autoencoder trained")
-            if foreign:
+            if child.foreign:
                 child.artifact(weights)
                 run_logger().info(f"[{stage}] run {trained_by} is not in this tracking store (it was tracked in "
-                                  f"{tags[FOREIGN_STORE_TAG]}): its weights are logged to this run")
+                                  f"{cached.meta.get('tracking_uri')}): its weights are logged to this run")
             child.metrics(cached.meta["final_metrics"], step=layer.epochs)
         else:
             model, result = train_stage(layer, inputs, seed, index, callback=epoch_reporter(child.mlf, child.id))

@@ -20,7 +20,7 @@ from tasks import tracking
 from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.logs import epoch_reporter, run_logger
-from tasks.pretrain import FOREIGN_STORE_TAG, StackFiles, reuse_link
+from tasks.pretrain import StackFiles
 
 STAGE = "unroll"
 MODEL_FILE = "deep-autoencoder.pt"
@@ -57,22 +57,17 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
     found = store.load(key, lambda entry: load_unrolled(str(entry.file(MODEL_FILE))))
     cached, model = found or (None, None)
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
-    tags = {"layerwise.unroll_key": key}
-    link_tag, foreign = LINK_TAG, False
-    if cached:
-        link_tag, extra, foreign = reuse_link(tracking.client(), cached.meta, LINK_TAG)
-        tags.update(extra)
-    with run.child_run(title, STAGE, tags, cached.meta["run_id"] if cached else None, link_tag) as child:
+    with run.child_run(title, STAGE, {"layerwise.unroll_key": key}, cached and cached.meta, LINK_TAG) as child:
         child.params({**flatten(cfg.unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
         inputs = torch.load(data.inputs, weights_only=True)
         if cached:
             metrics, trained_by = cached.meta["metrics"], cached.meta["run_id"]
             run_logger().info(f"[{STAGE}] reused: identical fine-tune by MLflow run {trained_by} (key {key})")
             model_path = cached.file(MODEL_FILE)
-            if foreign:
+            if child.foreign:
                 child.artifact(model_path)
                 run_logger().info(f"[{STAGE}] run {trained_by} is not in this tracking store (it was tracked in "
-                                  f"{tags[FOREIGN_STORE_TAG]}): its model is logged to this run")
+                                  f"{cached.meta.get('tracking_uri')}): its model is logged to this run")
         else:
             stages = [load_file(path, load_stage)[0] for path in stack.weights]
             unrolled = unroll(stages, inputs, cfg.unroll, cfg.seed, epoch_reporter(child.mlf, child.id), STAGE)
