@@ -127,6 +127,11 @@ def summary(result, uri: str) -> str:
             f"Open it: {ui}  then  #/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
 
 
+def _interrupted() -> int:
+    print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
@@ -140,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1
         if INTERRUPTED.is_set():  # an error raised while the interrupt unwound the run
-            print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted()
         from tasks.tracking import tracking_uri, unreachable
 
         first_line = (str(exc).splitlines() or [""])[0]
@@ -152,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        # Ctrl-C, SIGTERM (KeyboardInterrupt from _interrupt) or Prefect's TerminationSignal
-        print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()  # Ctrl-C, SIGTERM (KeyboardInterrupt from _interrupt) or Prefect's TerminationSignal
     finally:
         # The interpreter's last collections over torch's, Prefect's and MLflow's objects took ~2.7 s
         # of every run's exit (make bench, end-to-end line); frozen objects are skipped. Exit handlers
