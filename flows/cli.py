@@ -54,7 +54,9 @@ def _interrupt(signum, frame):
     the engine's clean-up it would surface as some other error and the run would exit 1, not 130)."""
     INTERRUPTED.set()
     in_flight = sys.exc_info()[1]
-    if in_flight is not None and not isinstance(in_flight, Exception):
+    # only an interrupt counts as in flight: a CancelledError or GeneratorExit being handled at that
+    # moment inside Prefect's machinery must not swallow the user's Ctrl-C
+    if isinstance(in_flight, KeyboardInterrupt) or type(in_flight).__name__ == "TerminationSignal":
         return
     raise KeyboardInterrupt(f"signal {signum}")
 
