@@ -3,8 +3,7 @@ start-up and shut-down costs behind the end-to-end line (benchmarks/e2e.py). A d
 of `make bench`:
 
     python -m benchmarks.startup_profile [--out F.json] [--epochs 1]      # the profile (about 2 min)
-    python -m benchmarks.startup_profile --compare ";early-api,gc-freeze" --train-size 20000 --repeats 2
-    python -m benchmarks.startup_profile --as-proposed run quickstart   # the CLI with both proposals
+    python -m benchmarks.startup_profile --compare ";gc-freeze-imports" --train-size 20000 --repeats 2
 
 1. Interpreter and imports: `python -c pass`, `import torch, torchvision` (the bare script's imports)
    and `layerwise --help` as processes, and `-X importtime` of `layerwise --help` and of what `run`
@@ -14,8 +13,10 @@ of `make bench`:
    time per part (benchmarks/timers.py), the Prefect engine as the remainder of the flow, the time
    after main() returns to the process's end measured from outside, and a cProfile of the model
    logging (tasks/finetune.py _log_model).
-3. --compare: proposals tried from outside, without editing the project (see launch_api_early and
-   the gc.freeze calls): the same run per variant, alternated, process wall and its parts.
+3. --compare: proposals tried from outside, without editing the project (the gc.freeze call after
+   the imports): the same run per variant, alternated, process wall and its parts. Two earlier
+   proposals measured this way are now the project's: the temporary API launched first and waited
+   for last (flows/prefect_api.py), the collector's objects frozen at exit (flows/cli.py).
 """
 from __future__ import annotations
 
@@ -101,73 +102,10 @@ def imports_section(repeats: int) -> dict:
 
 # --- the instrumented run (in a child process) -------------------------------------------------
 
-def launch_api_early() -> None:
-    """Proposal 'early-api', tried without editing the project: the temporary Prefect API's process
-    is started first thing (the same uvicorn command Prefect's SubprocessASGIServer runs) and the
-    run points PREFECT_API_URL at it, so it starts while this process imports and checks, and this
-    process never imports prefect.server (FastAPI, the server's models); the health wait comes
-    where start_temporary_api() was called."""
-    import importlib.util
-    import socket
-    import types
-    import urllib.request
-
-    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-                               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-                               "--log-level", "error", "--lifespan", "on"], env=env, start_new_session=True)
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-
-    def stop() -> None:
-        try:  # the API process's own CPU time, for comparing with Prefect's start (it is reaped: rusage has it too)
-            fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            print(f"temporary API process CPU {(int(fields[11]) + int(fields[12])) / ticks:.1f} s", file=sys.stderr)
-        except (OSError, IndexError, ValueError):
-            pass
-        server.terminate()
-        server.wait(timeout=10)
-
-    def wait_for_api() -> None:
-        t = time.perf_counter()
-        while time.perf_counter() - t < 180:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the early temporary API did not start")
-
-    atexit.register(stop)
-    fake = types.ModuleType("flows.prefect_api")  # cmd_run imports start_temporary_api from here
-    fake.start_temporary_api = wait_for_api
-    sys.modules["flows.prefect_api"] = fake
-
-
-def as_proposed(argv: list[str]) -> int:
-    """`layerwise ARGV` with the two measured proposals applied from outside (early-api, gc-freeze)
-    and nothing instrumented: python -m benchmarks.startup_profile --as-proposed run quickstart"""
-    launch_api_early()
-    import gc
-
-    import flows.cli
-
-    code = flows.cli.main(argv)
-    gc.freeze()
-    return code
-
-
 def child(args) -> None:
     from benchmarks.timers import Ledger
 
     variants = set(filter(None, args.variant.split(",")))
-    if "early-api" in variants:
-        launch_api_early()
     import psutil
 
     marks = {"process_started": STARTED,
@@ -184,12 +122,6 @@ def child(args) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
-    if "early-api" in variants:
-        class SubprocessASGIServer:  # never imported in this variant: nothing to patch
-            start = stop = staticmethod(lambda *a, **k: None)
-    else:
-        from prefect.server.api.server import SubprocessASGIServer
-
     import flows.pipeline
     import layerwise.data
     import layerwise.finetune
@@ -204,10 +136,11 @@ def child(args) -> None:
     # sticky: what these call stays theirs (torch.save inside log_model); MLflow calls are not sticky,
     # so a fresh store's table creation, made inside the first client call, shows apart
     ledger = Ledger(sticky=(MODEL_LOG, PARENT))
-    ledger.patch(SubprocessASGIServer, "start", "temporary Prefect API: start")
-    ledger.patch(SubprocessASGIServer, "stop", "temporary Prefect API: stop (atexit)")
-    if "early-api" in variants:
-        ledger.patch(sys.modules["flows.prefect_api"], "start_temporary_api", "temporary Prefect API: start")
+    api = sys.modules["flows.prefect_api"]  # launched first thing in cmd_run, waited for before the flow
+    ledger.patch(api, "launch_temporary_api", "temporary Prefect API: launch")
+    ledger.patch(api.TemporaryAPI, "ready", "temporary Prefect API: wait for its start")
+    ledger.patch(api.TemporaryAPI, "stop", "temporary Prefect API: stop (atexit)")
+    ledger.patch(api, "_start_prefect_server", "temporary Prefect API: Prefect's own start (another run was starting one)")
     ledger.patch(db_utils, "_initialize_tables", "MLflow: create the tables of a fresh sqlite store")
     ledger.patch(db_utils, "_verify_schema", "MLflow: verify the store's schema")
     ledger.patch(tasks.tracking, "check_store", "MLflow store check (check_store)")
@@ -270,10 +203,6 @@ def child(args) -> None:
     code = main(argv)
     marks["main_returned"] = time.perf_counter()
     marks["prefect_server_imported_in_main"] = "prefect.server.api.server" in sys.modules
-    if "gc-freeze" in variants:  # proposal: skip the final collections over every imported object
-        import gc
-
-        gc.freeze()
     if code:
         raise SystemExit(code)
 
@@ -317,11 +246,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=None, help="as --set data.train_size (default: all)")
     parser.add_argument("--compare", default=None, metavar="V1;V2;...",
                         help="instead of the profile: the run once per variant, alternated, --repeats rounds; a "
-                             "variant is a comma list of early-api, gc-freeze (at exit), gc-freeze-imports (after the imports) ('' = as the project is)")
+                             "variant is a comma list of proposals, today only gc-freeze-imports (after the imports) ('' = as the project is)")
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
-    if sys.argv[1:2] == ["--as-proposed"]:
-        sys.exit(as_proposed(sys.argv[2:]))
     args = parser.parse_args()
     if args.child_out:
         return child(args)
@@ -337,7 +264,7 @@ def main() -> None:
                 rounds.append(t)
                 print(f"variant {variant or 'as is':20s} process {t['process_seconds']:.2f} s, main "
                       f"{t['flow_and_checks_seconds']:.2f} s, after main {t['after_main_returned_seconds']:.2f} s, "
-                      f"API start wait {t['in_main'].get('temporary Prefect API: start', 0):.2f} s, imports "
+                      f"API start wait {t['in_main'].get('temporary Prefect API: wait for its start', 0):.2f} s, imports "
                       f"{sum(t['imports'].values()):.2f} s (load {t['load_after']:.2f})", file=sys.stderr, flush=True)
         result["compare"] = rounds
     else:

@@ -15,10 +15,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
-from flows.checks import check_run  # noqa: E402
+# torch, MLflow and Prefect load inside the commands: `run` first launches the temporary Prefect API,
+# so its start overlaps those imports
 from flows.schedules import check_schedules  # noqa: E402
 from layerwise.config import ConfigError, load_all  # noqa: E402
-from layerwise.data import DataError  # noqa: E402
+from layerwise.errors import DataError  # noqa: E402
 from layerwise.paths import DEFAULT_CONFIG  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -85,15 +86,23 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from flows.prefect_api import launch_temporary_api, temporary_api
+
+    api = launch_temporary_api()  # starts while the checks and imports run; stopped at exit
+    from flows.checks import check_run
+
     checked = check_run(args.name, args.config, args.overrides, args.data_root)
     from flows.pipeline import layerwise_pipeline
-    from flows.prefect_api import start_temporary_api
+    from tasks.finetune import prepare_model_logging
 
-    start_temporary_api()
+    if checked.cfg.finetune and not checked.cfg.ablation:  # the one fine-tune's model is logged
+        prepare_model_logging()  # work log_model does anyway, while the API may still be starting
+
     cfg, uri = checked.cfg, checked.tracking_uri
     print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) -> MLflow {uri}", flush=True)
     try:
-        result = layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)
+        with temporary_api(api):
+            result = layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)
     except BaseException as exc:
         if not isinstance(exc, Exception) or INTERRUPTED.is_set():  # no run of this process may stay RUNNING
             from tasks.tracking import client, kill_open_runs

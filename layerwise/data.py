@@ -8,16 +8,14 @@ from pathlib import Path
 
 import torch
 
+from layerwise.errors import DataError  # noqa: F401 - raised here, and importable from here
+
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-
-
-class DataError(RuntimeError):
-    """Missing or corrupt input data; the message says where the files are expected."""
 
 
 def raw_dir(root: Path) -> Path:
