@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 
+import flows.checks  # noqa: E402
 import flows.pipeline as pipeline_module  # noqa: E402
 import layerwise.finetune  # noqa: E402
 import layerwise.stack  # noqa: E402
@@ -34,7 +35,7 @@ MLFLOW = "mlflow_logging"
 def instrument() -> Ledger:
     ledger = Ledger(sticky=(MLFLOW,))
     ledger.patch(SubprocessASGIServer, "start", "prefect_api_start")
-    ledger.patch(pipeline_module, "ensure_mnist", "data_loading")
+    ledger.patch(flows.checks, "ensure_mnist", "data_loading")  # the MD5 check, before the flow
     ledger.patch(tasks.data, "load_mnist", "data_loading")
     # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.stack)
     # and finetune (layerwise.finetune) look these names up in their own modules
