@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import e2e, kernels
+from benchmarks import data_sources, e2e, kernels
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
 from layerwise.data import load_mnist
@@ -94,9 +94,10 @@ def commit() -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
-    parser.add_argument("--only", choices=["e2e"], default=None,
-                        help="run one section alone; e2e: `layerwise run quickstart` against a bare PyTorch script "
-                             "(writes results/e2e.json and e2e.md, latest.* untouched)")
+    parser.add_argument("--only", choices=["e2e", "data"], default=None,
+                        help="run one section alone (writes results/SECTION.json and .md, latest.* untouched); e2e: "
+                             "`layerwise run quickstart` against a bare PyTorch script; data: MNIST as a folder of "
+                             "PNGs, decoded and read from the decode cache")
     parser.add_argument("--pairs", type=int, default=2,
                         help="end-to-end line: how many (bare, layerwise) pairs, alternated (default: %(default)s)")
     args = parser.parse_args()
@@ -106,17 +107,25 @@ def main() -> int:
                                  "processor": platform.processor() or platform.machine()},
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_before": os.getloadavg(),
                      "commit": commit()}
-    if args.only != "e2e":
+    if args.only is None:
         run_sections(args, results, threads)
-    log(f"== end to end: the whole `layerwise run quickstart` against a bare PyTorch script, {args.pairs} pair(s)")
-    results["e2e"] = e2e.run(args.pairs, args.quick, log=log)
+    if args.only == "data":
+        scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+        try:
+            log("== data sources: MNIST as a folder of PNGs, decoded once, then from the decode cache")
+            results["data_sources"] = data_sources.run(data_root(), scratch, args.quick, log=log)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if args.only in (None, "e2e"):
+        log(f"== end to end: the whole `layerwise run quickstart` against a bare PyTorch script, {args.pairs} pair(s)")
+        results["e2e"] = e2e.run(args.pairs, args.quick, log=log)
     results["load_after"] = os.getloadavg()
     results["bench_seconds"] = time.perf_counter() - started
     results["quick"] = args.quick
     RESULTS.mkdir(parents=True, exist_ok=True)
     # a section alone never overwrites the full report; quick runs never overwrite measured ones
-    name = {(None, False): "latest", (None, True): "quick", ("e2e", False): "e2e", ("e2e", True): "quick.e2e"}[
-        (args.only, args.quick)]
+    name = ("quick" if args.quick else "latest") if args.only is None else \
+        (f"quick.{args.only}" if args.quick else args.only)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
     report = markdown(results)
     (RESULTS / f"{name}.md").write_text(report)
@@ -145,6 +154,9 @@ def run_sections(args, results: dict, threads: int) -> None:
         results["scaling"] = kernels.scaling(x, xv, threads, sizes, [64, 128, 256, 512, 1024], layer.batch_size,
                                              layer.l1, log=log)
         del mnist, x, xv
+
+        log("== data sources: MNIST as a folder of PNGs, decoded once, then from the decode cache")
+        results["data_sources"] = data_sources.run(data_root(), scratch, args.quick, log=log)
 
         log("== quickstart twice (the second reuses the stack)")
         work, store = scratch / "work", scratch / "mlruns"

@@ -76,7 +76,7 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
                      "test_error": result.test_error, "test_accuracy": result.test_accuracy,
                      "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                      "run_id": result.run_id, "trained_by": result.trained_by})
-    report = summarize_ablation(run.parent_run_id, run.pipeline, rows)
+    report = summarize_ablation(run.parent_run_id, run.pipeline, rows, cfg.data)
     reused = sum(row["run_id"] != row["trained_by"] for row in rows)
     run_logger().info(f"{len(rows)} cells done ({reused} reused from earlier runs)\n{report['markdown']}")
     return AblationResult(rows, report["summary"], report["markdown"])

@@ -1,6 +1,7 @@
 """Everything a run is checked for before it starts, done once: the config (schema, schedule,
-memory estimate), the data files and the tracking store. `layerwise run` checks and hands the
-result to the flow; a run started by `serve` is checked by the flow itself."""
+memory estimate), the data (read, checked, and the config bound to what it holds) and the tracking
+store. `layerwise run` checks and hands the result to the flow; a run started by `serve` is checked
+by the flow itself."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pydantic import ValidationError
+
 from flows.schedules import check_schedules
-from layerwise.config import PipelineConfig, load_pipeline
-from layerwise.data import ensure_mnist
+from layerwise.config import ConfigError, DataFacts, PipelineConfig, describe_errors, load_pipeline
 from layerwise.memory import check_fits
 from layerwise.paths import data_root
 
@@ -19,21 +21,49 @@ from layerwise.paths import data_root
 class CheckedRun:
     """A run that passed every check: its validated config, its data and the store it logs to."""
     pipeline: str
-    cfg: PipelineConfig
+    cfg: PipelineConfig  # bound to its data: cfg.data.found holds the images' shape, classes and counts
     data_root: str
-    fingerprint: str  # of the data files (part of every stage's store key)
+    fingerprint: str  # of the data (part of every stage's store key)
     tracking_uri: str
+
+
+def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: bool,
+               source: str) -> tuple[PipelineConfig, str]:
+    """Reads the data (a folder is decoded into its cache) and binds the config to what it holds.
+    root: the data root (MNIST, torchvision); source: the pipelines file (a relative data.path is
+    its folder's). Raises DataError for bad data, ConfigError where the config does not fit it."""
+    if cfg.data.source == "mnist":  # known without decoding: the files' MD5s are the check
+        from layerwise.data import ensure_mnist
+
+        return cfg, ensure_mnist(root, allow_download)
+    from layerwise.datasets import load_source
+    from tasks.data import decode_cache
+
+    if cfg.data.path and not Path(cfg.data.path).expanduser().is_absolute():
+        # relative to the pipelines file, like everything it names; logged absolute with the run
+        cfg.data.path = str((Path(source).resolve().parent / Path(cfg.data.path).expanduser()).resolve())
+
+    data = load_source(cfg.data, root, decode_cache(), allow_download, log=print)
+    sizes = data.sizes()
+    facts = DataFacts(shape=list(data.shape), classes=data.classes, labelled=sizes["labelled_images"],
+                      unlabelled=sizes["unlabelled_images"], test=sizes["test_images"])
+    try:
+        return cfg.bound_to(facts), data.fingerprint
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: pipeline '{pipeline}' on {data.what}: "
+                          f"{describe_errors(exc.errors(), PipelineConfig)}") from None
 
 
 def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
               data_root_arg: Optional[str] = None) -> CheckedRun:
     """Raises ConfigError or DataError (exit 2) or TrackingError (exit 1) before anything runs.
-    The data is downloaded only where no folder was named (no --data-root, no MNIST_ROOT)."""
+    Data is downloaded only where no folder was named (no --data-root, no MNIST_ROOT)."""
     cfg = load_pipeline(pipeline, config_path, overrides)
     check_schedules({pipeline: cfg}, config_path)
-    check_fits(cfg, pipeline=pipeline, source=str(config_path))
     root = data_root(data_root_arg)
-    fingerprint = ensure_mnist(root, allow_download=data_root_arg is None and "MNIST_ROOT" not in os.environ)
+    allow_download = data_root_arg is None and "MNIST_ROOT" not in os.environ
+    cfg, fingerprint = check_data(pipeline, cfg, root, allow_download, str(config_path))
+    check_fits(cfg, pipeline=pipeline, source=str(config_path))
     from tasks.tracking import check_store  # MLflow's import is slow: after the quick checks
 
     return CheckedRun(pipeline, cfg, str(root), fingerprint, check_store())

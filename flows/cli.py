@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerwise", description="Greedy layer-wise autoencoder pretraining on MNIST.")
+    parser = argparse.ArgumentParser(prog="layerwise", description="Greedy layer-wise autoencoder pretraining on image data.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline from pipelines.yaml")
     run.add_argument("name")
@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
                      help="override a config value (parsed as YAML); repeatable")
     run.add_argument("--data-root", default=None,
-                     help="folder holding MNIST/raw (default: $MNIST_ROOT, else ./data)")
+                     help="the data root: MNIST/raw and torchvision's datasets (default: $MNIST_ROOT, "
+                          "else ./data)")
     listing = sub.add_parser("list", help="list the pipelines")
     listing.add_argument("--config", default=str(DEFAULT_CONFIG))
     validate = sub.add_parser("validate", help="validate every pipeline in the file")
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     serving = sub.add_parser("serve", help="serve every pipeline as a Prefect deployment (schedules from "
                                            "`schedule:`); needs PREFECT_API_URL (make server)")
     serving.add_argument("--config", default=str(DEFAULT_CONFIG))
+    example = sub.add_parser("example-data", help="write scikit-learn's bundled 8x8 digits as an .npz "
+                                                  "(source: arrays) and an image folder (source: folder)")
+    example.add_argument("--out", default=str(DEFAULT_CONFIG.parent / "data"),
+                         help="folder for digits.npz and digits-folder/ (default: %(default)s, where the "
+                              "digits pipelines of pipelines.yaml look)")
     return parser
 
 
@@ -67,7 +73,8 @@ def what_runs(cfg) -> str:
         return "unrolled"
     if cfg.ablation:
         return f"{len(cfg.cells())} cells"
-    return f"{cfg.finetune.init}, {cfg.n_labels()} labels"
+    n = cfg.n_labels()
+    return f"{cfg.finetune.init}, {n if n is not None else '?'} labels"
 
 
 def cmd_list(args) -> int:
@@ -91,7 +98,12 @@ def cmd_run(args) -> int:
     api = launch_temporary_api()  # starts while the checks and imports run; stopped at exit
     from flows.checks import check_run
 
-    checked = check_run(args.name, args.config, args.overrides, args.data_root)
+    try:
+        checked = check_run(args.name, args.config, args.overrides, args.data_root)
+    except BaseException:
+        if api is not None:  # bad input: no run starts, so its API goes now, not at exit
+            api.stop()
+        raise
     from flows.pipeline import layerwise_pipeline
     from tasks.finetune import prepare_model_logging
 
@@ -110,6 +122,24 @@ def cmd_run(args) -> int:
             kill_open_runs(client(), args.name)
         raise
     print(summary(result, uri))
+    return EXIT_OK
+
+
+def cmd_example_data(args) -> int:
+    from pathlib import Path
+
+    from layerwise.datasets.examples import write_digits_folder, write_digits_npz
+
+    root = Path(args.out)
+    npz = write_digits_npz(root / "digits.npz")
+    folder = root / "digits-folder"
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)  # rewritten whole: a stale file would join a class
+    write_digits_folder(folder)
+    print(f"wrote {npz} (1,797 images, no test split: layerwise holds one out) and {folder}/ "
+          "(100 labelled, 400 test, 1,297 unlabelled)")
     return EXIT_OK
 
 
@@ -148,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
-    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve}
+    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
+                "example-data": cmd_example_data}
     try:
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:

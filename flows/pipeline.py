@@ -49,12 +49,12 @@ def needs_stack(cfg: PipelineConfig) -> bool:
 
 @flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True, validate_parameters=False)
 def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, config_path: Optional[str] = None,
-                       mnist_root: Optional[str] = None, checked: Optional[CheckedRun] = None) -> RunResult:
+                       data_root: Optional[str] = None, checked: Optional[CheckedRun] = None) -> RunResult:
     """Runs pipeline NAME from pipelines.yaml (with --set style overrides) and returns its results.
     `checked`: the checks `layerwise run` already made (config, data, store); without it (a run
     started by serve) the flow makes them itself."""
     started = time.perf_counter()
-    checked = checked or check_run(pipeline, config_path or DEFAULT_CONFIG, overrides or [], mnist_root)
+    checked = checked or check_run(pipeline, config_path or DEFAULT_CONFIG, overrides or [], data_root)
     cfg = checked.cfg
     parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""))
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,

@@ -20,7 +20,10 @@ from typing import Any, Callable, Optional, TypeVar
 
 PACKAGE = Path(__file__).resolve().parent
 TRAINING_SOURCES = ("models.py", "losses.py", "training.py", "data.py", "checkpoint.py", "encode.py",
-                    "transfer.py", "stack.py", "finetune.py", "unroll.py")
+                    "transfer.py", "stack.py", "finetune.py", "unroll.py",
+                    # how a source's images become pixels (decoding, layout, scaling, the held-out test split)
+                    "datasets/source.py", "datasets/load.py", "datasets/mnist.py", "datasets/torchvision_source.py",
+                    "datasets/folder.py", "datasets/arrays.py")
 
 
 def code_version() -> str:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -65,16 +67,25 @@ def ensure_mnist(root: Path, allow_download: bool) -> str:
 
 
 @dataclass
-class MnistTensors:
-    """Pixels scaled to [0, 1], flattened to 784; labels as int64."""
+class DataSplits:
+    """A source split for a run, pixels flattened to C*H*W: float32 in [0, 1], or uint8 where the float
+    copy would not fit comfortably (keeps_uint8; the loops scale each batch). x_train is what
+    pretraining trains on: the labelled training images first (y_train: their labels), then every
+    unlabelled image; validation comes out of the labelled images; the test images are the source's."""
     x_train: torch.Tensor
-    y_train: torch.Tensor
+    y_train: torch.Tensor  # labels of x_train's first len(y_train) rows
     x_val: torch.Tensor
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    train_index: torch.Tensor  # positions in the official 60,000, so anyone can rebuild the split
-    val_index: torch.Tensor
+    train_ids: list  # identities in the source (index or relative path), so anyone can rebuild the split
+    val_ids: list
+    classes: list[str]
+    shape: tuple[int, int, int]  # C, H, W
+
+    @property
+    def n_labelled(self) -> int:
+        return len(self.y_train)
 
 
 @dataclass
@@ -87,22 +98,65 @@ class Labelled:
     y_val: torch.Tensor
 
 
-def _images(dataset) -> torch.Tensor:
-    return dataset.data.reshape(len(dataset.data), -1).float().div_(255.0)
+FLOAT_SHARE = 0.25  # pixels stay uint8 where their float copy would take more of the machine's memory
 
 
-def load_mnist(root: Path, train_size: int | None, val_size: int, split_seed: int) -> MnistTensors:
-    from torchvision.datasets import MNIST
+def keeps_uint8(values: int, total_memory: Optional[int] = None) -> bool:
+    """Whether a run's pixels stay uint8 in memory, scaled to [0, 1] batch by batch: where their
+    float32 copy (4 bytes a value) would take over FLOAT_SHARE of the machine's memory (STL10's
+    unlabelled 100,000 x 27,648 values: 11 GB as floats, 2.8 GB as uint8). LAYERWISE_PIXELS=uint8 or
+    float decides instead (the results are the same: x / 255 is computed either way)."""
+    choice = os.environ.get("LAYERWISE_PIXELS", "auto")
+    if choice not in ("auto", "uint8", "float"):
+        raise DataError(f"LAYERWISE_PIXELS is {choice!r}: auto, uint8 or float")
+    if choice != "auto":
+        return choice == "uint8"
+    import psutil
 
-    train = MNIST(str(root), train=True, download=False)
-    test = MNIST(str(root), train=False, download=False)
-    x, y = _images(train), train.targets.long()
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
-    pool = order[: train_size or len(x)]
-    val_index, train_index = pool[:val_size].sort().values, pool[val_size:].sort().values
-    return MnistTensors(
-        x_train=x[train_index], y_train=y[train_index], x_val=x[val_index], y_val=y[val_index],
-        x_test=_images(test), y_test=test.targets.long(), train_index=train_index, val_index=val_index)
+    return values * 4 > FLOAT_SHARE * (total_memory or psutil.virtual_memory().total)
+
+
+def _flat(images: torch.Tensor, uint8: bool) -> torch.Tensor:
+    from layerwise.datasets.source import to_unit
+
+    flat = images.flatten(1)  # [N, C*H*W], also for N = 0
+    return flat if uint8 and flat.dtype == torch.uint8 else to_unit(flat)
+
+
+def val_count(val_size: int | float, pool: int) -> int:
+    """data.val_size is a count, or a fraction of the labelled images drawn."""
+    return round(val_size * pool) if isinstance(val_size, float) else val_size
+
+
+def split_source(source, train_size: int | None, val_size: int | float, split_seed: int) -> DataSplits:
+    """A seeded permutation of the labelled training images: the first train_size of it (all if None)
+    are drawn, the first val_size of those validate, the rest train (both in source order); the
+    unlabelled images (marked -1 in the training part, and the unlabelled pool) join pretraining."""
+    train = source.train
+    labelled = train.labelled
+    order = labelled[torch.randperm(len(labelled), generator=torch.Generator().manual_seed(split_seed))]
+    pool = order[: train_size or len(order)]
+    n_val = val_count(val_size, len(pool))
+    val_index, train_index = pool[:n_val].sort().values, pool[n_val:].sort().values
+    rest = [(train.labels == -1).nonzero().flatten()]
+    pool_images = [train.images[train_index]] + [train.images[i] for i in rest if len(i)]
+    if source.unlabelled is not None and len(source.unlabelled):
+        pool_images.append(source.unlabelled.images)
+    n_images = sum(map(len, pool_images)) + len(val_index) + len(source.test)
+    uint8 = keeps_uint8(n_images * train.images[0].numel())
+    x_train = _flat(torch.cat(pool_images) if len(pool_images) > 1 else pool_images[0], uint8)
+    return DataSplits(
+        x_train=x_train, y_train=train.labels[train_index], x_val=_flat(train.images[val_index], uint8),
+        y_val=train.labels[val_index], x_test=_flat(source.test.images, uint8), y_test=source.test.labels,
+        train_ids=[train.ids[i] for i in train_index.tolist()], val_ids=[train.ids[i] for i in val_index.tolist()],
+        classes=list(source.classes), shape=tuple(source.shape))
+
+
+def load_mnist(root: Path, train_size: int | None, val_size: int, split_seed: int) -> DataSplits:
+    """The official MNIST files, split: what `source: mnist` gives a run."""
+    from layerwise.datasets.mnist import load_official
+
+    return split_source(load_official(Path(root), allow_download=False), train_size, val_size, split_seed)
 
 
 def balanced_order(labels: torch.Tensor, seed: int) -> torch.Tensor:

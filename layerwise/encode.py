@@ -4,11 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled per batch
+
 
 @torch.inference_mode()
 def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     was_training = encoder.training
     encoder.eval()
-    out = torch.cat([encoder(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    # an empty split (data.val_size: 0) still gets its [0, width] codes
+    out = torch.cat([encoder(to_unit(x[i:i + batch_size])) for i in range(0, max(len(x), 1), batch_size)])
     encoder.train(was_training)
     return out

@@ -23,8 +23,7 @@ from typing import Optional
 
 import psutil
 
-from layerwise.config import (MNIST_CLASSES, MNIST_INPUT, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, ConfigError,
-                              PipelineConfig)
+from layerwise.config import ConfigError, PipelineConfig
 
 FLOAT = 4
 TRAINING_COPIES = 4            # weights, gradients, Adam's first and second moments
@@ -83,9 +82,13 @@ def _batch(batch_size: int, training_copies: int, width: int) -> int:
 
 def phases(cfg: PipelineConfig) -> list[Phase]:
     """The estimate of each phase of the run (see the module's docstring for what is counted)."""
-    images = (cfg.data.train_size or MNIST_TRAIN_IMAGES) + MNIST_TEST_IMAGES
-    pixels = images * MNIST_INPUT * FLOAT
-    data_key = f"data.train_size={cfg.data.train_size or MNIST_TRAIN_IMAGES}"
+    facts = cfg.data.found  # the images' shape, classes and counts (check_run binds them)
+    images = cfg.data.pool + facts.unlabelled + facts.test
+    from layerwise.data import keeps_uint8
+
+    values = images * cfg.data.width
+    pixels = values * (1 if keeps_uint8(values) else FLOAT)  # uint8 where the float copy would not fit comfortably
+    data_key = f"data.train_size={cfg.data.pool}" + (f" (+ {facts.unlabelled} unlabelled)" if facts.unlabelled else "")
     found = []
     for stack in cfg.stacks():
         label = f" (ablation variant {stack.variant})" if stack.variant else ""
@@ -105,9 +108,9 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
         ft = cfg.finetune
         cells = min(cfg.ablation.workers, len(cfg.cells())) if cfg.ablation else 1
         times = f" x ablation.workers={cfg.ablation.workers}" if cells > 1 else ""
-        params = sum(_encoder_params(layer) for layer in cfg.layers) + cfg.layers[-1].size * MNIST_CLASSES
+        params = sum(_encoder_params(layer) for layer in cfg.layers) + cfg.layers[-1].size * cfg.data.n_classes
         batch = max(ft.batch_size, (ft.scratch and ft.scratch.batch_size) or 0)
-        widths = MNIST_INPUT + sum(_hidden(layer) for layer in cfg.layers)
+        widths = cfg.data.width + sum(_hidden(layer) for layer in cfg.layers)
         found.append(Phase(f"fine-tuning ({cells} cell{'s' * (cells > 1)} at once)", {
             "weights": cells * params * (TRAINING_COPIES + 1) * FLOAT,  # + the loaded encoders it copies
             "codes": cells * 2 * pixels,  # the splits, and the labelled subset copied out of them

@@ -14,6 +14,7 @@ from torch import nn
 
 from layerwise.config import FinetuneConfig, LayerConfig, TrainingConfig, UnrollConfig
 from layerwise.data import Labelled
+from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled per batch
 from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
 from layerwise.models import Classifier, DeepAutoencoder, Reconstructor, code_width
 
@@ -115,7 +116,7 @@ def evaluate_autoencoder(model: Reconstructor, x: torch.Tensor, l1: float = 0.0,
     model.eval()
     recon = penalty = abs_sum = active = 0.0
     for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
+        xb = to_unit(x[start:start + batch_size])
         code, out = model(xb)
         recon += reconstruction_loss(out, xb, model.loss).item() * len(xb)
         penalty += l1_penalty(code, l1).item() * len(xb)
@@ -159,7 +160,7 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
             f"and {settings}.loss ({model.loss})")
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = x_train[idx]
+        xb = to_unit(x_train[idx])
         code, out = model(corrupt(xb, *noise) if noise else xb)
         recon = reconstruction_loss(out, xb, model.loss)
         return objective(recon, model, code, l1, l2, contractive), recon
@@ -168,11 +169,12 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         train_recon = run_epoch(step, len(x_train), layer.batch_size, gen, opt, name, epoch, hint)
-        val = evaluate_autoencoder(model, x_val, l1)
-        report = EpochReport(name, epoch, epochs, {
-            "recon_loss": train_recon, "val_recon_loss": val["recon_loss"],
-            "code_l1": val["code_l1"], "code_active_frac": val["code_active_frac"]},
-            time.perf_counter() - t0)
+        metrics = {"recon_loss": train_recon}
+        if len(x_val):  # data.val_size: 0 leaves nothing to validate on
+            val = evaluate_autoencoder(model, x_val, l1)
+            metrics.update({"val_recon_loss": val["recon_loss"], "code_l1": val["code_l1"],
+                            "code_active_frac": val["code_active_frac"]})
+        report = EpochReport(name, epoch, epochs, metrics, time.perf_counter() - t0)
         result.history.append(report)
         if callback:
             callback(report)
@@ -184,7 +186,7 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    labels = torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    labels = torch.cat([model(to_unit(x[i:i + batch_size])).argmax(dim=1) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return labels
 
@@ -231,7 +233,7 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
     hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        loss = F.cross_entropy(model(to_unit(x_train[idx])), y_train[idx])
         return loss, loss
     model.train()
     epoch = 0
@@ -250,7 +252,7 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
             if sched:
                 sched.step()
             metrics = {"train_loss": train_loss}
-            if epoch % val_every == 0 or epoch == total:
+            if len(y_val) and (epoch % val_every == 0 or epoch == total):
                 metrics["val_accuracy"] = val_acc = accuracy(model, x_val, y_val)
                 if val_acc > best_acc:
                     best_acc, best_state, result.best_epoch = val_acc, copy.deepcopy(model.state_dict()), epoch
@@ -261,6 +263,8 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
     model.hidden.requires_grad_(True)
     model.noise = None
     if keep == "best_val":
+        if best_state is None:
+            raise ValueError(f"{name}: keep='best_val' needs validation images (data.val_size is 0): use keep='last'")
         model.load_state_dict(best_state)
     else:
         result.best_epoch = total
@@ -274,7 +278,7 @@ def squared_error(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> 
     Hinton & Salakhutdinov 2006 report: 3.00 for their deep autoencoder, 13.87 for PCA-30)."""
     was_training = model.training
     model.eval()
-    total = sum((model.reconstruct(x[i:i + batch_size]) - x[i:i + batch_size]).pow(2).sum().item()
+    total = sum((model.reconstruct(to_unit(x[i:i + batch_size])) - to_unit(x[i:i + batch_size])).pow(2).sum().item()
                 for i in range(0, len(x), batch_size))
     model.train(was_training)
     return total / len(x)
@@ -294,7 +298,7 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
     hint = f"look at unroll.lr ({config.lr}), unroll.optimizer ({config.optimizer}) and unroll.l2 ({l2})"
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = x_train[idx]
+        xb = to_unit(x_train[idx])
         code, out = model(xb)
         recon = reconstruction_loss(out, xb, model.loss)
         return (recon + l2_penalty(code, l2) if l2 else recon), recon
@@ -305,9 +309,10 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
         train_recon = run_epoch(step, len(x_train), config.batch_size, gen, opt, name, epoch, hint)
         if sched:
             sched.step()
-        report = EpochReport(name, epoch, epochs, {"recon_loss": train_recon,
-                                                    "val_sq_error": squared_error(model, x_val)},
-                             time.perf_counter() - t0)
+        metrics = {"recon_loss": train_recon}
+        if len(x_val):
+            metrics["val_sq_error"] = squared_error(model, x_val)
+        report = EpochReport(name, epoch, epochs, metrics, time.perf_counter() - t0)
         result.history.append(report)
         if callback:
             callback(report)

@@ -9,6 +9,7 @@ import torch
 from prefect import task
 
 from layerwise.config import PipelineConfig, RetrievalConfig
+from layerwise.datasets import to_unit
 from layerwise.figures import code_scatter, digit_rows, image_grid, retrieval_hits
 from layerwise.pca import fit_pca
 from layerwise.retrieval import nearest, precision_at_k
@@ -45,15 +46,16 @@ def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, mode
     with run.child_run(f"pca-{k}", "pca") as child:
         inputs = torch.load(data.inputs, weights_only=True)
         labels = torch.load(data.labels, weights_only=True)
-        pca = fit_pca(inputs["train"], k)
-        test = inputs["test"]
+        pca = fit_pca(to_unit(inputs["train"]), k)
+        test = to_unit(inputs["test"])
         pca_error = (pca.reconstruct(test) - test).pow(2).sum(dim=1).mean().item()
         child.params({"components": k, "fit_images": len(inputs["train"])})
         child.metrics({"test_sq_error": pca_error})
         run_logger().info(f"[pca-{k}] test squared error per image {pca_error:.2f}")
     model = load_unrolled(model_path)
+    shape, classes = tuple(labels["shape"]), labels["classes"]
     with torch.inference_mode():
-        shown = _one_per_digit(labels["test"], cfg.unroll.grid_digits)
+        shown = _one_per_class(labels["test"], cfg.unroll.grid_digits)
         rows = [("original", test[shown]), (f"PCA-{k}", pca.reconstruct(test[shown])),
                 (f"autoencoder\n{'-'.join(map(str, cfg.sizes))}", model.reconstruct(test[shown]))]
         codes = model.encode(test) if k == 2 else None
@@ -65,26 +67,28 @@ def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, mode
 
     def draw(folder: Path) -> list[Path]:
         paths = [digit_rows(rows, folder / "reconstructions.png",
-                            f"{pipeline}: test digits and their reconstructions (squared error per test image: "
-                            f"PCA-{k} {pca_error:.2f}, autoencoder {autoencoder_error:.2f})")]
+                            f"{pipeline}: test images and their reconstructions (squared error per test image: "
+                            f"PCA-{k} {pca_error:.2f}, autoencoder {autoencoder_error:.2f})", shape)]
         if codes is not None:
             paths.append(code_scatter([(f"autoencoder code ({'-'.join(map(str, cfg.sizes))})", codes),
                                        ("first two principal components", pca.encode(test))], labels["test"],
-                                      folder / "map-2d.png", f"{pipeline}: the 10,000 test digits in 2-d"))
+                                      folder / "map-2d.png", f"{pipeline}: the {len(test):,} test images in 2-d",
+                                      classes))
             paths.append(image_grid(decoded, cfg.unroll.decode_grid, folder / "decoded-grid.png",
                                     f"codes on a {cfg.unroll.decode_grid}x{cfg.unroll.decode_grid} grid over "
-                                    f"[-{radius:.2f}, {radius:.2f}]^2, decoded"))
+                                    f"[-{radius:.2f}, {radius:.2f}]^2, decoded", shape))
         return paths
 
     figures = _log_figures(child.mlf, [run.parent_run_id], draw)
     return {"pca_run_id": child.id, "pca_test_sq_error": pca_error, "figures": figures}
 
 
-def _one_per_digit(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """The first test image of each digit in turn (0, 1, ..., 9, 0, ...), n in all."""
-    order = torch.argsort(labels, stable=True)
-    starts = torch.searchsorted(labels[order], torch.arange(10))
-    return torch.stack([order[starts[i % 10] + i // 10] for i in range(n)])
+def _one_per_class(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The first image of each class in turn (class 0, 1, ..., 0's second, 1's second, ...), n in all
+    (fewer where the classes run out)."""
+    per_class = [(labels == c).nonzero().flatten() for c in labels.unique(sorted=True)]
+    picked = [members[i] for i in range(max(map(len, per_class))) for members in per_class if i < len(members)]
+    return torch.stack(picked[:n])
 
 
 @task(name="retrieval", task_run_name="retrieval-{space}")
@@ -99,9 +103,12 @@ def retrieval(run: RunContext, cfg: RetrievalConfig, data: DataFiles, codes_path
         codes = torch.load(codes_path, weights_only=True)
         labels = torch.load(data.labels, weights_only=True)
         n = min(cfg.queries or len(inputs["test"]), len(inputs["test"]))
-        query_labels, base_labels = labels["test"][:n], labels["train"]
-        spaces = {f"code ({codes['train'].shape[1]}-d)": (codes["test"][:n], codes["train"]),
-                  "pixels (784-d)": (inputs["test"][:n], inputs["train"])}
+        # the searched images are the labelled training images: the first rows (unlabelled ones follow)
+        base_labels = labels["train"]
+        query_labels, labelled = labels["test"][:n], len(base_labels)
+        base_pixels, queries, shape = to_unit(inputs["train"][:labelled]), to_unit(inputs["test"][:n]), tuple(labels["shape"])
+        spaces = {f"code ({codes['train'].shape[1]}-d)": (codes["test"][:n], codes["train"][:labelled]),
+                  f"pixels ({base_pixels.shape[1]}-d)": (queries, base_pixels)}
         hits, metrics = {}, {}
         for name, (queries, base) in spaces.items():
             hits[name] = _pixel_hits(queries, base, cfg.k, run.workdir) if name.startswith("pixels") \
@@ -114,14 +121,14 @@ def retrieval(run: RunContext, cfg: RetrievalConfig, data: DataFiles, codes_path
         tracking.log_metrics(child.mlf, parent_run_id, {f"{key}/{space}": value for key, value in metrics.items()})
         run_logger().info(f"[retrieval {space}] " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
                           + f" ({n} test queries against {len(base_labels)} training images)")
-        shown = _one_per_digit(query_labels, cfg.figure_queries)
+        shown = _one_per_class(query_labels, cfg.figure_queries)
 
         def draw(folder: Path) -> list[Path]:
-            panels = [(name, inputs["train"][found[shown]], base_labels[found[shown]] == query_labels[shown, None])
+            panels = [(name, base_pixels[found[shown]], base_labels[found[shown]] == query_labels[shown, None])
                       for name, found in hits.items()]
-            return [retrieval_hits(inputs["test"][shown], panels, folder / f"retrieval-{space}.png",
+            return [retrieval_hits(queries[shown], panels, folder / f"retrieval-{space}.png",
                                    f"{pipeline}: {cfg.k} nearest training images per test query "
-                                   f"(green: same digit)")]
+                                   f"(green: same class)", shape)]
 
         figures = _log_figures(child.mlf, [child.id, parent_run_id], draw)
     return {"run_id": child.id, **metrics, "figures": figures}

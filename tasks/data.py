@@ -1,4 +1,4 @@
-"""Load MNIST once per run and hand later tasks a path, not tensors."""
+"""Load the run's images once and hand later tasks a path, not tensors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,9 @@ import torch
 from prefect import task
 
 from layerwise.config import DataConfig
-from layerwise.data import load_mnist
+from layerwise.data import split_source
+from layerwise.datasets import load_source
+from layerwise.paths import work_root
 from tasks.logs import run_logger
 
 
@@ -16,20 +18,32 @@ from tasks.logs import run_logger
 class DataFiles:
     """The run's splits on disk: what ablation cells (threads or Dask workers) and analyses read."""
     inputs: str  # inputs.pt: {"train", "val", "test"} pixels in [0, 1], one row per image
-    labels: str  # labels.pt: the same splits' labels, and the split's positions in the official set
+    labels: str  # labels.pt: the labels, each image's identity in the source, the class names
+
+
+def decode_cache() -> Path:
+    """Where a folder's decoded images are kept (keyed by the folder's content)."""
+    return work_root() / "decoded"
 
 
 @task(name="prepare-data", retries=1, retry_delay_seconds=2)
 def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
-    """Writes inputs.pt (train/val/test pixels, the layout every stage reads and writes) and
-    labels.pt (labels and the split's positions in the official training set)."""
-    mnist = load_mnist(Path(data_root), cfg.train_size, cfg.val_size, cfg.split_seed)
+    """Writes inputs.pt (train/val/test pixels, the layout every stage reads and writes: "train" is
+    what pretraining sees, the labelled training images first and then every unlabelled image) and
+    labels.pt (the labels of the first len(labels["train"]) training rows, of validation and test;
+    train_ids/val_ids name each image in the source; classes)."""
+    source = load_source(cfg, Path(data_root), decode_cache(), log=run_logger().info)
+    splits = split_source(source, cfg.train_size, cfg.val_size, cfg.split_seed)
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     inputs, labels = out / "inputs.pt", out / "labels.pt"
-    torch.save({"train": mnist.x_train, "val": mnist.x_val, "test": mnist.x_test}, inputs)
-    torch.save({"train": mnist.y_train, "val": mnist.y_val, "test": mnist.y_test,
-                "train_index": mnist.train_index, "val_index": mnist.val_index}, labels)
-    run_logger().info(f"MNIST: {len(mnist.x_train)} train, {len(mnist.x_val)} validation, "
-                          f"{len(mnist.x_test)} test images")
+    torch.save({"train": splits.x_train, "val": splits.x_val, "test": splits.x_test}, inputs)
+    torch.save({"train": splits.y_train, "val": splits.y_val, "test": splits.y_test, "train_ids": splits.train_ids,
+                "val_ids": splits.val_ids, "classes": splits.classes, "shape": list(splits.shape)}, labels)
+    unlabelled = len(splits.x_train) - splits.n_labelled
+    for note in source.notes:
+        run_logger().info(f"{source.what}: {note}")
+    run_logger().info(f"{source.what}: {splits.n_labelled} labelled training images"
+                      + (f" + {unlabelled} unlabelled (pretraining only)" if unlabelled else "")
+                      + f", {len(splits.x_val)} validation, {len(splits.x_test)} test images")
     return DataFiles(str(inputs), str(labels))

@@ -12,8 +12,9 @@ from prefect import task
 
 from layerwise.cache import Store, load_file
 from layerwise.checkpoint import load_encoder
-from layerwise.config import MNIST_CLASSES, PipelineConfig, flatten
+from layerwise.config import PipelineConfig, flatten
 from layerwise.data import label_subset
+from layerwise.datasets import to_unit
 from layerwise.paths import PROJECT_ROOT, work_root
 from layerwise.finetune import Labelled
 from layerwise.finetune import finetune as train
@@ -71,10 +72,11 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         inputs = torch.load(data.inputs, weights_only=True)
         labels = torch.load(data.labels, weights_only=True)
         subset = label_subset(labels["train"], n_labels, ft.seed)
-        _log_json(child, "label_subset.json", labels["train_index"][subset].tolist())
+        # the images by their identity in the source: an index, or a path relative to the folder
+        _log_json(child, "label_subset.json", [labels["train_ids"][i] for i in subset.tolist()])
         labelled = Labelled(inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"])
         encoders = load_encoders(weights) if ft.init == "pretrained" else None
-        tuned = train(encoders, labelled, cfg.finetune, cfg.layers, MNIST_CLASSES, name,
+        tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
                       epoch_reporter(child.mlf, child.id))
         model, result = tuned.model, tuned.result
         test_accuracy = accuracy(model, inputs["test"], labels["test"])
@@ -83,7 +85,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         child.metrics(cell.metrics(), step=result.best_epoch)
         run_logger().info(f"[{name}] test error {cell.test_error:.2f}% (kept epoch {result.best_epoch}, {ft.keep})")
         if register_model:
-            _log_model(child.id, model.eval(), f"{run.pipeline}-classifier", inputs["test"][:4])
+            _log_model(child.id, model.eval(), f"{run.pipeline}-classifier", to_unit(inputs["test"][:4]))
         if cache_key:
             store.put(cache_key, {}, {"run_id": child.id, "tracking_uri": tracking.tracking_uri(),
                                       "metrics": cell.metrics()})

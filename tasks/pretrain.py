@@ -74,7 +74,8 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"
     model = result = None
     with run.child_run(title, stage, {"layerwise.stage_key": cache_key}, cached and cached.meta, LINK_TAG) as child:
-        child.params(flatten(resolved))
+        # what it trains on: every image of the run, labelled or not (the unlabelled pool included)
+        child.params({**flatten(resolved), "train_images": len(inputs["train"]), "val_images": len(inputs["val"])})
         if cached:
             weights = cached.file(f"{stage}.pt")
             trained_by = cached.meta["run_id"]

@@ -8,22 +8,24 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
+from layerwise.config import DataConfig
 from layerwise.report import plot_ablation, results_frame, summary_frame, summary_markdown
 from tasks import tracking
 
 
 @task(name="summarize-ablation", retries=1, retry_delay_seconds=2)
-def summarize_ablation(parent_run_id: str, pipeline: str, rows: list[dict]) -> dict:
+def summarize_ablation(parent_run_id: str, pipeline: str, rows: list[dict], data: DataConfig) -> dict:
     results = results_frame(rows)
     summary = summary_frame(results)
     title = f"{pipeline}: test error against labelled images"
-    markdown = summary_markdown(summary, title)
+    markdown = summary_markdown(summary, title, f"the {data.found.test:,} test images of {data.describe()}",
+                                anchors=data.is_mnist)
     mlf = tracking.client()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         results.to_csv(folder / "results.csv", index=False)
         (folder / "summary.md").write_text(markdown)
-        plot_ablation(summary, folder / "ablation.png", title)
+        plot_ablation(summary, folder / "ablation.png", title, anchors=data.is_mnist)
         for name in ("results.csv", "summary.md", "ablation.png"):
             mlf.log_artifact(parent_run_id, str(folder / name))
     metrics = {}

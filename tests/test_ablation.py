@@ -19,7 +19,7 @@ def _cells(client, result):
 
 
 def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, tracking, tmp_path):
-    result = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
+    result = layerwise_pipeline("smoke-ablation", data_root=str(mnist_root()))
     client = MlflowClient()
     cells = _cells(client, result)
     assert set(cells) == CELLS
@@ -55,8 +55,8 @@ def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, track
 
 
 def test_a_second_run_trains_nothing_and_links_what_it_reuses(prefect_harness, tracking):
-    first = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
-    second = layerwise_pipeline("smoke-ablation", mnist_root=str(mnist_root()))
+    first = layerwise_pipeline("smoke-ablation", data_root=str(mnist_root()))
+    second = layerwise_pipeline("smoke-ablation", data_root=str(mnist_root()))
     assert all(cell["trained_by"] != cell["run_id"] for cell in second.outcome.cells)
     assert {c["trained_by"] for c in second.outcome.cells} == {c["run_id"] for c in first.outcome.cells}
     client = MlflowClient()

@@ -49,7 +49,7 @@ BAD = {
     "wrong type": (lambda p: p["layers"][0].update(epochs="three"), r"layers\.0\.epochs: .*integer"),
     "wrong activation": (lambda p: p["layers"][0].update(activation="softplus"), r"layers\.0\.activation"),
     "input mismatch": (lambda p: p["layers"][1].update(input=32), r"layers\.1\.input is 32 but layers\.0\.size is 16"),
-    "first input not 784": (lambda p: p["layers"][0].update(input=100), r"layers\.0\.input is 100 but the MNIST image size is 784"),
+    "first input not 784": (lambda p: p["layers"][0].update(input=100), r"layers\.0\.input is 100 but the images. C x H x W \(1x28x28\) is 784"),
     "labels above what exists": (lambda p: p["finetune"].update(labels=401), r"finetune\.labels is 401 but must lie between 10 \(one per class\) and 400"),
     "fraction zero": (lambda p: p["finetune"].update(labels=None, label_fraction=0), r"finetune\.label_fraction: .*greater than 0"),
     "fraction above one": (lambda p: p["finetune"].update(labels=None, label_fraction=1.5), r"finetune\.label_fraction: .*less than or equal to 1"),

@@ -27,7 +27,7 @@ def _host_and_pid(tag: str) -> tuple[str, int]:
 
 def test_ablation_cells_run_in_dask_worker_processes(prefect_harness, tracking):
     result = layerwise_pipeline("smoke-ablation", ["ablation.runner=dask", "ablation.seeds=[0]",
-                                                   f"ablation.workers={WORKERS}"], mnist_root=str(mnist_root()))
+                                                   f"ablation.workers={WORKERS}"], data_root=str(mnist_root()))
     assert len(result.outcome.cells) == 4
     client = MlflowClient()
     runs = [client.get_run(cell["run_id"]) for cell in result.outcome.cells]

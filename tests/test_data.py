@@ -46,12 +46,12 @@ def test_too_many_labels_is_an_error():
 def test_split_is_deterministic_disjoint_and_subsets_stay_in_train():
     a = load_mnist(mnist_root(), train_size=600, val_size=100, split_seed=7)
     b = load_mnist(mnist_root(), train_size=600, val_size=100, split_seed=7)
-    assert torch.equal(a.train_index, b.train_index) and torch.equal(a.val_index, b.val_index)
-    assert not set(a.train_index.tolist()) & set(a.val_index.tolist())
+    assert a.train_ids == b.train_ids and a.val_ids == b.val_ids
+    assert not set(a.train_ids) & set(a.val_ids)
     assert a.x_train.shape == (500, 784) and a.x_val.shape == (100, 784) and a.x_test.shape == (10000, 784)
     assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
-    chosen = a.train_index[label_subset(a.y_train, 50, 0)]
-    assert not set(chosen.tolist()) & set(a.val_index.tolist())
+    chosen = [a.train_ids[i] for i in label_subset(a.y_train, 50, 0).tolist()]
+    assert not set(chosen) & set(a.val_ids)
 
 
 def test_verify_accepts_the_official_files():

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_deep_autoencoder_is_unrolled_compared_with_pca_and_mapped(prefect_harness, tracking, tmp_path):
-    result = layerwise_pipeline("smoke-deep-ae", mnist_root=str(mnist_root()))
+    result = layerwise_pipeline("smoke-deep-ae", data_root=str(mnist_root()))
     client = MlflowClient()
     runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     stages = sorted(run.data.tags["layerwise.stage"] for run in runs)
@@ -44,7 +44,7 @@ def test_deep_autoencoder_is_unrolled_compared_with_pca_and_mapped(prefect_harne
 
 def test_variant_grid_pretrains_one_conv_stack_per_variant_and_shares_the_control(prefect_harness, tracking,
                                                                                  tmp_path):
-    result = layerwise_pipeline("smoke-conv", mnist_root=str(mnist_root()))
+    result = layerwise_pipeline("smoke-conv", data_root=str(mnist_root()))
     client = MlflowClient()
     runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     stages = [run for run in runs if run.data.tags["layerwise.stage"].startswith("pretrain")]
@@ -66,8 +66,8 @@ def test_variant_grid_pretrains_one_conv_stack_per_variant_and_shares_the_contro
 
 
 def test_a_second_deep_autoencoder_run_reuses_the_fine_tuned_network(prefect_harness, tracking):
-    first = layerwise_pipeline("smoke-deep-ae", mnist_root=str(mnist_root()))
-    second = layerwise_pipeline("smoke-deep-ae", mnist_root=str(mnist_root()))
+    first = layerwise_pipeline("smoke-deep-ae", data_root=str(mnist_root()))
+    second = layerwise_pipeline("smoke-deep-ae", data_root=str(mnist_root()))
     assert second.outcome.unroll_trained_by == first.outcome.unroll_run_id != second.outcome.unroll_run_id
     assert second.outcome.test_sq_error == first.outcome.test_sq_error
     assert second.retrieval["unrolled"]["precision_at_5/code"] == first.retrieval["unrolled"]["precision_at_5/code"]

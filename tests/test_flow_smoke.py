@@ -37,7 +37,7 @@ def _task_run_names(flow_run_id):
 
 
 def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp_path):
-    result = layerwise_pipeline("smoke", mnist_root=str(mnist_root()))
+    result = layerwise_pipeline("smoke", data_root=str(mnist_root()))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("smoke")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -76,7 +76,7 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
 
 
 def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking):
-    result = layerwise_pipeline("smoke", ["finetune.init=scratch"], mnist_root=str(mnist_root()))
+    result = layerwise_pipeline("smoke", ["finetune.init=scratch"], data_root=str(mnist_root()))
     client = MlflowClient()
     children = _children(client, result.parent_run_id, result.experiment_id)
     assert list(children) == ["finetune"]  # no pretraining for the control
@@ -89,7 +89,7 @@ def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
 
     with pytest.raises(DivergedError, match=r"stage finetune pretrained-200-seed0: loss became nan in epoch 1; look at finetune\.lr"):
         layerwise_pipeline("smoke", [f"layers.{i}.activation=relu" for i in range(3)] + ["finetune.lr=1e3"],
-                           mnist_root=str(mnist_root()))
+                           data_root=str(mnist_root()))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("smoke")
     [parent] = _parents(client, experiment.experiment_id, "FAILED")
@@ -99,8 +99,8 @@ def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
 
 
 def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(prefect_harness, tracking):
-    first = layerwise_pipeline("smoke", mnist_root=str(mnist_root()))
-    second = layerwise_pipeline("smoke", ["finetune.seed=1"], mnist_root=str(mnist_root()))
+    first = layerwise_pipeline("smoke", data_root=str(mnist_root()))
+    second = layerwise_pipeline("smoke", ["finetune.seed=1"], data_root=str(mnist_root()))
     client = MlflowClient()
     trained = _children(client, first.parent_run_id, first.experiment_id)
     reused = _children(client, second.parent_run_id, second.experiment_id)
@@ -119,7 +119,7 @@ def test_a_diverging_pretraining_stage_stops_naming_its_settings_and_keeps_earli
     bad = ["layers.1.activation=relu", "layers.1.loss=mse", "layers.1.optimizer=sgd", "layers.1.lr=1e6"]
     with pytest.raises(DivergedError, match=r"stage pretrain-2: loss became (nan|inf) in epoch 1; look at "
                                             r"layers\.1\.lr \(1000000\.0\), layers\.1\.l1"):
-        layerwise_pipeline("smoke", bad, mnist_root=str(mnist_root()))
+        layerwise_pipeline("smoke", bad, data_root=str(mnist_root()))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("smoke")
     [parent] = _parents(client, experiment.experiment_id, "FAILED")

@@ -57,7 +57,8 @@ def test_an_interrupt_ends_every_open_run_killed_and_leaves_no_process(tracking,
     print(f"{signal.Signals(sig).name} to the {'group' if group else 'pid'}: exit {proc.returncode} "
           f"in {seconds:.1f} s")
     assert proc.returncode == 130, rest[-5000:]
-    assert seconds < EXIT_WITHIN_S
+    # a rare slow exit (61 s, twice in many full runs, never on demand) shows what the run did meanwhile
+    assert seconds < EXIT_WITHIN_S, rest[-5000:]
     assert statuses() == {"parent": "KILLED", "pretrain-1": "FINISHED", "pretrain-2": "KILLED"}
     assert_all_gone(children)
 

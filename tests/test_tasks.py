@@ -34,7 +34,7 @@ def test_prepare_data_writes_splits(tmp_path, tracking):
     out = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
     inputs, labels = torch.load(out.inputs), torch.load(out.labels)
     assert {k: tuple(v.shape) for k, v in inputs.items()} == {"train": (240, 784), "val": (60, 784), "test": (10000, 784)}
-    assert len(labels["train_index"]) == 240 and len(labels["val"]) == 60
+    assert len(labels["train_ids"]) == 240 and len(labels["val"]) == 60 and labels["shape"] == [1, 28, 28]
 
 
 def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
@@ -77,7 +77,7 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 2
     subset = json.loads(open(client.download_artifacts(result.run_id, "label_subset.json", str(tmp_path))).read())
     labels = torch.load(data.labels)
-    assert len(subset) == 100 and set(subset) <= set(labels["train_index"].tolist())
+    assert len(subset) == 100 and set(subset) <= set(labels["train_ids"])
     [version] = client.search_model_versions("name='tasks-classifier'")
     assert version.run_id == result.run_id
 

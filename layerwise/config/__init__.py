@@ -14,7 +14,8 @@ flows/schedules.py, next to `layerwise serve`.
 """
 from layerwise.config.errors import ConfigError, describe_errors
 from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES,
-                                     NAME_PATTERN, NAME_RULE, SEED_MAX, AblationConfig, Activation, DataConfig,
+                                     MNIST_FACTS, NAME_PATTERN, NAME_RULE, SEED_MAX, AblationConfig, Activation, DataConfig,
+                                     DataFacts,
                                      Denoising, FinetuneConfig, LabelSpec, LayerConfig, Optimization, Optimizer,
                                      PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Strict, TrainingConfig,
                                      TrainingOverrides, UnrollConfig, name_problem, resolve_layers)
@@ -27,7 +28,7 @@ __all__ = [
     "ConfigError", "describe_errors",
     # schema
     "MNIST_CLASSES", "MNIST_INPUT", "MNIST_SHAPE", "MNIST_TEST_IMAGES", "MNIST_TRAIN_IMAGES", "NAME_PATTERN",
-    "NAME_RULE", "SEED_MAX", "AblationConfig", "Activation", "DataConfig", "Denoising", "FinetuneConfig",
+    "NAME_RULE", "SEED_MAX", "AblationConfig", "Activation", "DataConfig", "DataFacts", "MNIST_FACTS", "Denoising", "FinetuneConfig",
     "LabelSpec", "LayerConfig", "Optimization", "Optimizer", "PipelineConfig", "RetrievalConfig",
     "ScheduleConfig", "Seed", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
     "resolve_layers",

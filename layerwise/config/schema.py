@@ -47,25 +47,110 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MNIST_CLASS_NAMES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
+                     "7 - seven", "8 - eight", "9 - nine"]  # torchvision's MNIST.classes
+Source = Literal["mnist", "torchvision", "folder", "arrays"]
+FOLDER_ONLY = ("channels", "image_size")
+
+
+class DataFacts(Strict):
+    """What the source holds, resolved from the data itself (statically for source: mnist) when a
+    run is checked; never written by hand. Layers, class counts and label checks follow it."""
+    shape: list[int] = Field(..., min_length=3, max_length=3, description="C, H, W of every image")
+    classes: list[str] = Field(..., min_length=2)
+    labelled: int = Field(..., ge=2, description="labelled training images (test images apart)")
+    unlabelled: int = Field(0, ge=0, description="images without labels: pretraining only")
+    test: int = Field(..., ge=1)
+
+
+MNIST_FACTS = DataFacts(shape=list(MNIST_SHAPE), classes=MNIST_CLASS_NAMES, labelled=MNIST_TRAIN_IMAGES,
+                        unlabelled=0, test=MNIST_TEST_IMAGES)
+ValSize = Union[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, lt=1)]]
+
+
 class DataConfig(Strict):
+    source: Source = Field("mnist", description="mnist: the official files under <data root>/MNIST/raw; "
+                                                "torchvision: a dataset by name; folder: images on disk; "
+                                                "arrays: an .npz file")
+    name: Optional[str] = Field(None, description="torchvision: the dataset's class name, e.g. FashionMNIST, CIFAR10")
+    split: Optional[str] = Field(None, description="torchvision EMNIST: byclass, bymerge, balanced, letters, "
+                                                  "digits or mnist")
+    path: Optional[str] = Field(None, description="folder or arrays: the folder or .npz file, absolute or "
+                                                 "relative to the pipelines file's folder")
+    channels: Optional[Literal[1, 3]] = Field(None, description="folder: 1 (grey) or 3 (RGB); default: as the "
+                                                                "first image")
+    image_size: Optional[list[int]] = Field(None, min_length=2, max_length=2,
+                                            description="folder: [H, W] every image is resized to")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="folder or arrays without test images: the share "
+                                                              "of labelled images held out (class-balanced)")
     train_size: Optional[int] = Field(
-        None, ge=20, le=MNIST_TRAIN_IMAGES,
-        description="images drawn from the 60,000 training images (validation included); null = all")
-    val_size: int = Field(10_000, ge=10, description="held out of the training images for model selection")
+        None, ge=2, description="labelled images drawn from the training images (validation included); null = all")
+    val_size: ValSize = Field(10_000, description="held out of the labelled images for model selection: a count, "
+                                                  "or a fraction of them; 0 = none (then finetune.keep: last)")
     split_seed: Seed = Field(0, description="seed of the train/validation split (kept apart from the "
                                            "fine-tune seed so one pretrained stack serves every seed)")
+    found: Optional[DataFacts] = Field(None, description="resolved from the data when the run is checked "
+                                                         "(leave it out)")
 
     @model_validator(mode="after")
-    def _val_fits(self):
-        pool = self.train_size or MNIST_TRAIN_IMAGES
-        if self.val_size >= pool:
-            raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({pool})")
+    def _source_keys(self):
+        needs = {"torchvision": ["name"], "folder": ["path"], "arrays": ["path"]}.get(self.source, [])
+        for key in needs:
+            if getattr(self, key) is None:
+                raise ValueError(f"data.source {self.source} needs data.{key}")
+        allowed = {"torchvision": ("name", "split"), "folder": ("path",) + FOLDER_ONLY, "arrays": ("path",)}
+        for key in ("name", "split", "path") + FOLDER_ONLY:
+            if getattr(self, key) is not None and key not in allowed.get(self.source, ()):
+                raise ValueError(f"data.{key} is not used by data.source {self.source}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise ValueError(f"data.image_size {self.image_size} must be positive [H, W]")
+        if self.source == "mnist" and self.found is None:
+            self.__dict__["found"] = MNIST_FACTS.model_copy()  # known without reading the files
+        if self.found is not None:
+            pool = self.pool
+            if self.train_size is not None and self.train_size > self.found.labelled:
+                raise ValueError(f"data.train_size ({self.train_size}) is more than the {self.found.labelled} "
+                                 f"labelled training images")
+            if self.val_count >= pool:
+                raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({pool})")
         return self
+
+    def describe(self) -> str:
+        """The data for humans: 'the official MNIST files', 'torchvision FashionMNIST', 'folder x'."""
+        if self.source == "mnist":
+            return "the official MNIST files"
+        if self.source == "torchvision":
+            return f"torchvision {self.name}" + (f" ({self.split})" if self.split else "")
+        return f"{self.source} {self.path}"
+
+    @property
+    def is_mnist(self) -> bool:
+        """MNIST's own images, whichever door (published MNIST results apply)."""
+        return self.source == "mnist" or (self.source == "torchvision" and self.name == "MNIST")
+
+    @property
+    def pool(self) -> int:
+        """Labelled images drawn (validation included)."""
+        return min(self.train_size or self.found.labelled, self.found.labelled)
+
+    @property
+    def val_count(self) -> int:
+        return round(self.val_size * self.pool) if isinstance(self.val_size, float) else self.val_size
 
     @property
     def n_train(self) -> int:
-        """Training images left once the validation split is held out."""
-        return (self.train_size or MNIST_TRAIN_IMAGES) - self.val_size
+        """Labelled training images left once the validation split is held out."""
+        return self.pool - self.val_count
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.found.classes)
+
+    @property
+    def width(self) -> int:
+        """Inputs per image: C x H x W."""
+        c, h, w = self.found.shape
+        return c * h * w
 
 
 Activation = Literal["sigmoid", "relu", "tanh", "linear"]
@@ -337,7 +422,9 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _resolve(self):
-        resolve_layers(self.layers, MNIST_SHAPE)
+        if self.data.found is not None:  # else a source whose images are not read yet: check_run binds it
+            resolve_layers(self.layers, tuple(self.data.found.shape),
+                           "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
         if (self.finetune is None) == (self.unroll is None):
             raise ValueError("give finetune (train a classifier on labels) or unroll (fine-tune the stack as one "
                              "deep autoencoder), one of the two")
@@ -353,25 +440,37 @@ class PipelineConfig(Strict):
                     except ValidationError as exc:
                         raise ValueError(f"ablation.variants.{name} on layers.{i}: "
                                          f"{describe_errors(exc.errors(), LayerConfig)}") from None
-        if self.finetune is None:
+        if self.finetune is not None and self.data.val_size == 0 and self.finetune.keep != "last":
+            raise ValueError("data.val_size is 0: there is no validation split to pick the best epoch by; "
+                             "set finetune.keep: last")
+        if self.finetune is None or self.data.found is None:
             return self
-        n_train = self.data.n_train
+        n_train, n_classes = self.data.n_train, self.data.n_classes
         counts = [("finetune.labels", self.finetune.labels)]
         if self.ablation:
             counts += [(f"ablation.labels.{i}", n) for i, n in enumerate(self.ablation.labels)]
         for key, count in counts:
-            if isinstance(count, int) and not MNIST_CLASSES <= count <= n_train:
-                raise ValueError(f"{key} is {count} but must lie between {MNIST_CLASSES} (one per class) and "
+            if isinstance(count, int) and not n_classes <= count <= n_train:
+                raise ValueError(f"{key} is {count} but must lie between {n_classes} (one per class) and "
                                  f"{n_train} (the training images left after data.val_size={self.data.val_size})")
         return self
 
+    def bound_to(self, facts: DataFacts) -> "PipelineConfig":
+        """This config for the data the run found: layers resolved against its image shape, label
+        counts checked against its labelled images and classes (a ValueError names the key)."""
+        dump = self.model_dump()
+        dump["data"]["found"] = facts.model_dump()
+        return PipelineConfig.model_validate(dump)
+
     @property
     def sizes(self) -> list[int]:
-        return [MNIST_INPUT] + [layer.size for layer in self.layers]
+        return [self.data.width] + [layer.size for layer in self.layers]
 
     def shape_text(self) -> str:
-        """The stack's shape for humans: 784-1000-500, with conv layers as 16c5p2."""
-        parts = [str(MNIST_INPUT)] + [f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv"
+        """The stack's shape for humans: 784-1000-500, with conv layers as 16c5p2 (? before the
+        images of a folder or arrays have been read)."""
+        width = str(self.data.width) if self.data.found else "?"
+        parts = [width] + [f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv"
                                       else str(layer.size) for layer in self.layers]
         return "-".join(parts)
 
@@ -407,11 +506,14 @@ class PipelineConfig(Strict):
 
         return grid.cell_name(self)
 
-    def n_labels(self) -> int:
-        """How many labelled images fine-tuning uses."""
-        ft, n_train = self.finetune, self.data.n_train
+    def n_labels(self) -> Optional[int]:
+        """How many labelled images fine-tuning uses (None for a fraction or 'all' of data not read yet)."""
+        ft = self.finetune
+        if self.data.found is None:
+            return ft.labels if isinstance(ft.labels, int) else None
+        n_train = self.data.n_train
         if ft.label_fraction is not None:
-            return max(MNIST_CLASSES, round(ft.label_fraction * n_train))
+            return max(self.data.n_classes, round(ft.label_fraction * n_train))
         if ft.labels is None or ft.labels == "all":
             return n_train
         return ft.labels
