@@ -41,6 +41,8 @@ def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
     torch.save({"train": splits.y_train, "val": splits.y_val, "test": splits.y_test, "train_ids": splits.train_ids,
                 "val_ids": splits.val_ids, "classes": splits.classes, "shape": list(splits.shape)}, labels)
     unlabelled = len(splits.x_train) - splits.n_labelled
+    names = ", ".join(splits.classes[:12]) + (f", ... ({len(splits.classes)} in all)" if len(splits.classes) > 12 else "")
+    run_logger().info(f"{source.what}: {len(splits.classes)} classes: {names}; images {'x'.join(map(str, splits.shape))}")
     for note in source.notes:
         run_logger().info(f"{source.what}: {note}")
     run_logger().info(f"{source.what}: {splits.n_labelled} labelled training images"
