@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 # serve talks to the server `make server` starts unless PREFECT_API_URL already points elsewhere
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install run test test-fast bench clean ui server serve mlflow-server
+.PHONY: install run test test-fast bench bench-gpu clean ui server serve mlflow-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ test-fast: install
 # against a bare PyTorch script (about 20 min on 2 cores; `ARGS="--only e2e"` for that line alone).
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
+
+# the GPU check: needs only torch and torchvision (a machine without this project's venv uses python3)
+bench-gpu:
+	$(if $(wildcard $(PY)),$(PY),python3) -m benchmarks.gpu $(ARGS)
 
 clean:
 	rm -rf .layerwise

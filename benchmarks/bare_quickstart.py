@@ -1,7 +1,7 @@
 """The quickstart pipeline's work as the shortest plain PyTorch script: the baseline of `make bench`'s
 end-to-end line (benchmarks/e2e.py runs it and `layerwise run quickstart` as whole processes).
 
-    python -m benchmarks.bare_quickstart [--data-root DIR] [--out result.json]
+    python -m benchmarks.bare_quickstart [--data-root DIR] [--out result.json] [--device cuda]
 
 Same data split, stack 784-1000-1000-500 (sigmoid codes, bce reconstruction + L1 on the codes,
 Adam), same epochs, batches, optimizers and seeds, a validation pass after every epoch, then the
@@ -70,8 +70,8 @@ def pretrain_layer(layer: dict, index: int, x: torch.Tensor, x_val: torch.Tensor
     """One greedy stage: an autoencoder on the codes below, validated after every epoch."""
     seed = SEED * 100 + index  # the stage's own seed (init and batch order)
     torch.manual_seed(seed)
-    encoder = nn.Sequential(nn.Linear(layer["input"], layer["size"]), nn.Sigmoid())
-    decoder = nn.Linear(layer["size"], layer["input"])
+    encoder = nn.Sequential(nn.Linear(layer["input"], layer["size"]), nn.Sigmoid()).to(x.device)
+    decoder = nn.Linear(layer["size"], layer["input"]).to(x.device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     params = list(encoder.parameters()) + list(decoder.parameters())
@@ -82,9 +82,9 @@ def pretrain_layer(layer: dict, index: int, x: torch.Tensor, x_val: torch.Tensor
         t0 = time.perf_counter()
         encoder.train()
         decoder.train()
-        total = torch.zeros(())
+        total = torch.zeros((), device=x.device)
         for idx in torch.randperm(len(x), generator=gen).split(batch):
-            xb = x[idx]
+            xb = x[idx.to(x.device)]
             code = encoder(xb)
             recon = F.binary_cross_entropy_with_logits(decoder(code), xb, reduction="sum") / len(xb)
             loss = recon + l1 * code.abs().sum(dim=1).mean()
@@ -132,7 +132,8 @@ class Classifier(nn.Module):
         for block in self.hidden:
             x = block(x)
             if self.training and self.dropout:
-                x = x * (torch.rand(x.shape, generator=self.noise, dtype=x.dtype) >= self.dropout) / (1 - self.dropout)
+                keep = torch.rand(x.shape, generator=self.noise, dtype=x.dtype) >= self.dropout
+                x = x * keep.to(x.device) / (1 - self.dropout)
         return self.output(x)
 
 
@@ -146,7 +147,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def finetune(encoders: list[nn.Module], train, val, ft: dict) -> tuple[nn.Module, int, float]:
     """Backprop through the whole net on every training label; keeps the best validation epoch."""
     (x, y), (x_val, y_val) = train, val
-    model = Classifier(encoders, ft["dropout"], ft["seed"])
+    model = Classifier(encoders, ft["dropout"], ft["seed"]).to(x.device)
     gen = torch.Generator().manual_seed(ft["seed"])
     model.noise = gen
     opt = torch.optim.SGD([{"params": list(model.hidden.parameters()), "lr": ft["lr"] * ft["hidden_lr_scale"]},
@@ -157,8 +158,9 @@ def finetune(encoders: list[nn.Module], train, val, ft: dict) -> tuple[nn.Module
     for epoch in range(1, ft["epochs"] + 1):
         t0 = time.perf_counter()
         model.train()
-        total = torch.zeros(())
+        total = torch.zeros((), device=x.device)
         for idx in torch.randperm(len(x), generator=gen).split(ft["batch_size"]):
+            idx = idx.to(x.device)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -182,10 +184,20 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="as --set layers.N.epochs, every layer")
     parser.add_argument("--finetune-epochs", type=int, default=FINETUNE["epochs"], help="as --set finetune.epochs")
     parser.add_argument("--out", default=None, help="write the result here as JSON")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     args = parser.parse_args()
+    result = run(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def run(args) -> dict:
+    """The whole work on args.device (the data moved there once); the result's timings and metrics."""
+    device = torch.device(args.device)
     t0 = time.perf_counter()
     torch.set_flush_denormal(True)  # as the project's configure_cpu: saturated sigmoid codes make denormals
     train, val, test = load_split(Path(args.data_root), args.train_size, DATA["val_size"], DATA["split_seed"])
+    train, val, test = [tuple(t.to(device) for t in part) for part in (train, val, test)]
     loaded = time.perf_counter()
     splits = {"train": train[0], "val": val[0], "test": test[0]}
     encoders, recon = [], {}
@@ -206,9 +218,8 @@ def main() -> None:
               "work_seconds": done - t0, "process_seconds": done - STARTED,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"=== bare quickstart: test error {result['test_error']:.2f}% (accuracy {100 * test_accuracy:.2f}%, "
-          f"{len(train[1])} labels, kept epoch {best_epoch}), wall {done - STARTED:.0f} s", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+          f"{len(train[1])} labels, kept epoch {best_epoch}) on {device}, wall {done - STARTED:.0f} s", flush=True)
+    return result
 
 
 if __name__ == "__main__":

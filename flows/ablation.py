@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from layerwise.cache import content_key
 from layerwise.config import AblationConfig, PipelineConfig
 from layerwise import training  # the module, not its Event: a flow's globals travel to Dask workers
+from layerwise.device import spread
 from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.finetune import finetune
@@ -55,10 +56,11 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
                       f"({grid.runner})")
     training.stop_requested.clear()
     futures = []
-    for cell in cells:
+    devices = spread(run.torch_device, len(cells))  # several GPUs: cells round-robin over them
+    for cell, device in zip(cells, devices):
         stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else StackFiles()
         task = finetune.with_options(task_run_name=f"finetune-{cell.cell_name()}")
-        futures.append(task.submit(run, cell, data, list(stack.weights), threads,
+        futures.append(task.submit(run.on(str(device)), cell, data, list(stack.weights), threads,
                                    cell_key(cell, list(stack.keys), fingerprint), register_model=False))
     try:
         wait(futures)

@@ -25,6 +25,7 @@ class CheckedRun:
     data_root: str
     fingerprint: str  # of the data (part of every stage's store key)
     tracking_uri: str
+    device: str = "cpu"  # cfg.device resolved on this machine (a torch device string)
 
 
 def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: bool,
@@ -54,6 +55,16 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
                           f"{describe_errors(exc.errors(), PipelineConfig)}") from None
 
 
+def check_device(pipeline: str, cfg: PipelineConfig, source: str) -> str:
+    """cfg.device on this machine: `device: cuda` where there is no CUDA is a ConfigError (exit 2)."""
+    from layerwise.device import resolve_device
+
+    try:
+        return str(resolve_device(cfg.device))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: pipeline '{pipeline}': {exc}") from None
+
+
 def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
               data_root_arg: Optional[str] = None) -> CheckedRun:
     """Raises ConfigError or DataError (exit 2) or TrackingError (exit 1) before anything runs.
@@ -62,8 +73,9 @@ def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
     check_schedules({pipeline: cfg}, config_path)
     root = data_root(data_root_arg)
     allow_download = data_root_arg is None and "MNIST_ROOT" not in os.environ
+    device = check_device(pipeline, cfg, str(config_path))
     cfg, fingerprint = check_data(pipeline, cfg, root, allow_download, str(config_path))
     check_fits(cfg, pipeline=pipeline, source=str(config_path))
     from tasks.tracking import check_store  # MLflow's import is slow: after the quick checks
 
-    return CheckedRun(pipeline, cfg, str(root), fingerprint, check_store())
+    return CheckedRun(pipeline, cfg, str(root), fingerprint, check_store(), device)

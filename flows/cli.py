@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipelines file (default: %(default)s)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
                      help="override a config value (parsed as YAML); repeatable")
+    run.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (as --set device=...)")
     run.add_argument("--data-root", default=None,
                      help="the data root: MNIST/raw and torchvision's datasets (default: $MNIST_ROOT, "
                           "else ./data)")
@@ -98,20 +99,27 @@ def cmd_run(args) -> int:
     api = launch_temporary_api()  # starts while the checks and imports run; stopped at exit
     from flows.checks import check_run
 
+    if args.device:
+        args.overrides.append(f"device={args.device}")
     try:
         checked = check_run(args.name, args.config, args.overrides, args.data_root)
     except BaseException:
         if api is not None:  # bad input: no run starts, so its API goes now, not at exit
             api.stop()
         raise
+    import torch
+
     from flows.pipeline import layerwise_pipeline
+    from layerwise.device import describe_device
     from tasks.finetune import prepare_model_logging
 
     if checked.cfg.finetune and not checked.cfg.ablation:  # the one fine-tune's model is logged
         prepare_model_logging()  # work log_model does anyway, while the API may still be starting
 
     cfg, uri = checked.cfg, checked.tracking_uri
-    print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) -> MLflow {uri}", flush=True)
+    where = describe_device(torch.device(checked.device))
+    print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) on {where} -> MLflow {uri}",
+          flush=True)
     try:
         with temporary_api(api):
             result = layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)

@@ -16,6 +16,7 @@ from flows.checks import CheckedRun, check_run
 from flows.deep_autoencoder import deep_autoencoder
 from layerwise.cache import stage_key
 from layerwise.config import PipelineConfig
+from layerwise.device import describe_device, to_device, use_tf32
 from layerwise.paths import DEFAULT_CONFIG, work_root
 from layerwise.stack import Splits, pretrain_stack
 from tasks import tracking
@@ -56,22 +57,24 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     started = time.perf_counter()
     checked = checked or check_run(pipeline, config_path or DEFAULT_CONFIG, overrides or [], data_root)
     cfg = checked.cfg
-    parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""))
+    device = torch.device(checked.device)
+    use_tf32(cfg.tf32, device)
+    parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""), describe_device(device))
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,
-                     work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}")
+                     work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}", str(device))
     try:
         with tracking.run_status(tracking.client(), run.parent_run_id):
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
-                inputs = torch.load(data.inputs, weights_only=True)
+                inputs = to_device(torch.load(data.inputs, weights_only=True), device)  # once, not per batch
                 for stack_cfg in cfg.stacks():
                     name = stack_cfg.variant or ""
                     stacks[name], top = pretrain(stack_cfg, run, inputs, checked.fingerprint)
                     if cfg.retrieval:
                         codes[name] = run.workdir / name / "codes.pt"
                         codes[name].parent.mkdir(parents=True, exist_ok=True)
-                        torch.save(top, codes[name])
+                        torch.save({split: c.cpu() for split, c in top.items()}, codes[name])
                 del inputs, top
             if cfg.unroll:
                 outcome = deep_autoencoder(run, cfg, data, stacks[""])

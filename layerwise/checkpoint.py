@@ -14,9 +14,14 @@ def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
     """config: plain types only (its layer as LayerConfig.model_dump()): load_stage reads the file
     with weights_only=True, which refuses pickled objects."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
+    # weights saved on the CPU: a stage trained on a GPU loads on any machine, and the store shares it
+    torch.save({"encoder": _on_cpu(model.encoder.state_dict()), "decoder": _on_cpu(model.decoder.state_dict()),
                 "config": config}, path)
     return path
+
+
+def _on_cpu(state: dict) -> dict:
+    return {key: value.cpu() for key, value in state.items()}
 
 
 def load_stage(path: Path | str) -> tuple[Reconstructor, dict]:

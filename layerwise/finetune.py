@@ -44,6 +44,6 @@ def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: Fi
     """Builds the classifier (build_classifier) and trains it with config's settings in force for
     its init (finetune.scratch overrides a scratch control's); name labels progress and errors."""
     ft = config.in_force()
-    model = build_classifier(encoders, config, layers, n_classes)
+    model = build_classifier(encoders, config, layers, n_classes).to(labelled.x_train.device)  # where its data is
     result = train_classifier(model, labelled, ft, ft.seed, name, callback)
     return Finetuned(model, result)

@@ -235,7 +235,8 @@ class Classifier(nn.Module):
         """Inverted dropout (kept units scaled by 1/(1-p)) in training mode, masks from self.noise."""
         if not self.training or p == 0:
             return x
-        keep = torch.rand(x.shape, generator=self.noise, dtype=x.dtype) >= p
+        # drawn on the CPU from the cell's generator whatever the device: the same masks everywhere
+        keep = (torch.rand(x.shape, generator=self.noise, dtype=x.dtype) >= p).to(x.device, non_blocking=True)
         return x * keep / (1 - p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

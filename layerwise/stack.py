@@ -56,7 +56,8 @@ def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
                 callback: Optional[Callback] = None) -> tuple[Reconstructor, TrainResult]:
     """The layer's autoencoder, seeded, trained on inputs['train'] with its settings, scored on
     inputs['val'] after every epoch."""
-    model = seeded_stage(layer, stage_seed(seed, index))
+    # built (and seeded) on the CPU, so every device starts from the same weights; trained where its data is
+    model = seeded_stage(layer, stage_seed(seed, index)).to(inputs["train"].device)
     result = train_autoencoder(model, inputs["train"], inputs["val"], layer, stage_seed(seed, index),
                                f"pretrain-{index}", f"layers.{index - 1}", callback)
     return model, result

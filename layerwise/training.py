@@ -50,6 +50,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def reduced(x: torch.Tensor, precision: Optional[str]):
+    """The forward pass in bf16 where the settings say `precision: bf16` (autocast on x's device:
+    matmuls and convolutions in bf16, weights and optimizer state kept fp32); a no-op at fp32."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def configure_cpu(threads: Optional[int] = None) -> None:
     """Denormals slow the CPU down badly once sigmoid codes saturate; flush them."""
     torch.set_flush_denormal(True)
@@ -93,7 +99,7 @@ def run_epoch(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     """One pass over shuffled minibatches. step(idx) gives the loss to minimise and the value to
     report; returns the value's per-example mean. Finiteness is checked every CHECK_EVERY batches
     and at the end: a diverged stage stops early without an .item() sync on every batch."""
-    total = torch.zeros(())
+    total = None  # on the device the loss is on: no host sync per batch
     for count, idx in enumerate(minibatches(n, batch_size, generator), start=1):
         if stop_requested.is_set():
             raise Stopped(f"stage {stage}: stopped in epoch {epoch}")
@@ -101,7 +107,7 @@ def run_epoch(step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += value.detach() * len(idx)
+        total = value.detach() * len(idx) if total is None else total + value.detach() * len(idx)
         if count % CHECK_EVERY == 0:
             _check_finite(total.item(), stage, epoch, hint)
     mean = total.item() / n
@@ -161,7 +167,9 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = to_unit(x_train[idx])
-        code, out = model(corrupt(xb, *noise) if noise else xb)
+        with reduced(xb, layer.precision):
+            code, out = model(corrupt(xb, *noise) if noise else xb)
+        code, out = code.float(), out.float()  # the losses in fp32 (a no-op at fp32)
         recon = reconstruction_loss(out, xb, model.loss)
         return objective(recon, model, code, l1, l2, contractive), recon
 
@@ -192,7 +200,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (predict(model, x) == y).float().mean().item()
+    return (predict(model, x).cpu() == y.cpu()).float().mean().item()
 
 
 def classifier_optimizer(model: Classifier, name: str, lr: float, momentum: float, weight_decay: float,
@@ -233,7 +241,10 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
     hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = F.cross_entropy(model(to_unit(x_train[idx])), y_train[idx])
+        xb = to_unit(x_train[idx])
+        with reduced(xb, config.precision):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), y_train[idx])
         return loss, loss
     model.train()
     epoch = 0
@@ -299,7 +310,9 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = to_unit(x_train[idx])
-        code, out = model(xb)
+        with reduced(xb, config.precision):
+            code, out = model(xb)
+        code, out = code.float(), out.float()
         recon = reconstruction_loss(out, xb, model.loss)
         return (recon + l2_penalty(code, l2) if l2 else recon), recon
 

@@ -4,7 +4,7 @@ the one way a task opens its child run."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -61,10 +61,21 @@ class RunContext:
     experiment_id: str
     pipeline: str
     workdir: Path  # per-run scratch (removed when the run ends); weights live in the store and MLflow
+    device: str = "cpu"  # where its tasks compute (a torch device: cpu, cuda:1, mps)
 
     def inside(self, folder: str) -> "RunContext":
         """The same run with scratch in a subfolder (one per pretraining variant)."""
-        return RunContext(self.parent_run_id, self.experiment_id, self.pipeline, self.workdir / folder)
+        return replace(self, workdir=self.workdir / folder)
+
+    def on(self, device: str) -> "RunContext":
+        """The same run computing on another device (an ablation cell on the second GPU)."""
+        return replace(self, device=device)
+
+    @property
+    def torch_device(self):
+        import torch
+
+        return torch.device(self.device)
 
     @contextlib.contextmanager
     def child_run(self, title: str, stage: str, tags: Optional[dict[str, str]] = None,
@@ -74,8 +85,11 @@ class RunContext:
         to the run that did the work, or marked foreign when that run is not in this tracking store
         (reuse_link). It ends FINISHED, FAILED on an error or KILLED on an interrupt: never left
         RUNNING."""
+        from layerwise.device import describe_device
+
         mlf = tracking.client()
-        tags = {tracking.PIPELINE_TAG: self.pipeline, tracking.STAGE_TAG: stage, **(tags or {})}
+        tags = {tracking.PIPELINE_TAG: self.pipeline, tracking.STAGE_TAG: stage,
+                tracking.DEVICE_TAG: describe_device(self.torch_device), **(tags or {})}
         foreign = False
         if reused:
             link_tag, extra, foreign = reuse_link(mlf, reused, link_tag)

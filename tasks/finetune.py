@@ -71,21 +71,24 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
             return CellResult(child.id, cached.meta["run_id"], n_labels, **metrics)
         inputs = torch.load(data.inputs, weights_only=True)
         labels = torch.load(data.labels, weights_only=True)
+        device = run.torch_device  # only what the cell trains on goes there
         subset = label_subset(labels["train"], n_labels, ft.seed)
         # the images by their identity in the source: an index, or a path relative to the folder
         _log_json(child, "label_subset.json", [labels["train_ids"][i] for i in subset.tolist()])
-        labelled = Labelled(inputs["train"][subset], labels["train"][subset], inputs["val"], labels["val"])
-        encoders = load_encoders(weights) if ft.init == "pretrained" else None
+        labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels["train"][subset],
+                                                      inputs["val"], labels["val"])))
+        encoders = [e.to(device) for e in load_encoders(weights)] if ft.init == "pretrained" else None
         tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
                       epoch_reporter(child.mlf, child.id))
         model, result = tuned.model, tuned.result
-        test_accuracy = accuracy(model, inputs["test"], labels["test"])
+        test_accuracy = accuracy(model, inputs["test"].to(device), labels["test"])
         cell = CellResult(child.id, child.id, n_labels, test_accuracy, 100.0 * (1.0 - test_accuracy),
                           float(result.best_epoch), result.seconds)
         child.metrics(cell.metrics(), step=result.best_epoch)
         run_logger().info(f"[{name}] test error {cell.test_error:.2f}% (kept epoch {result.best_epoch}, {ft.keep})")
         if register_model:
-            _log_model(child.id, model.eval(), f"{run.pipeline}-classifier", to_unit(inputs["test"][:4]))
+            # logged from the CPU: a model trained on a GPU loads and predicts on any machine
+            _log_model(child.id, model.cpu().eval(), f"{run.pipeline}-classifier", to_unit(inputs["test"][:4]))
         if cache_key:
             store.put(cache_key, {}, {"run_id": child.id, "tracking_uri": tracking.tracking_uri(),
                                       "metrics": cell.metrics()})

@@ -68,7 +68,9 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     stage = stage_name(index)
     resolved = {"layer": layer.model_dump(), "index": index, "seed": seed, "pipeline": run.pipeline}
     store = stage_store()
-    found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0]))
+    # stored on the CPU; computes where this stage's inputs are
+    found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0])
+                       .to(inputs["train"].device))
     cached, encoder = found or (None, None)
     shape = f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv" else str(layer.size)
     title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"

@@ -158,6 +158,9 @@ def mark_stale_runs(mlf: MlflowClient, experiment_id: str) -> list[str]:
     return stale
 
 
+DEVICE_TAG = "layerwise.device"  # where a run computed: 'cpu', 'cuda:0 (NVIDIA H100 80GB HBM3)'
+
+
 def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],
               parent_run_id: Optional[str] = None) -> str:
     tags = {**tags, PROCESS_TAG: this_process()}

@@ -11,6 +11,7 @@ from prefect import task
 from layerwise.cache import Store, content_key, load_file
 from layerwise.checkpoint import load_stage
 from layerwise.config import LayerConfig, PipelineConfig, flatten
+from layerwise.device import to_device
 from layerwise.encode import encode
 from layerwise.models import DeepAutoencoder, build_autoencoder
 from layerwise.paths import work_root
@@ -59,7 +60,7 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
     with run.child_run(title, STAGE, {"layerwise.unroll_key": key}, cached and cached.meta, LINK_TAG) as child:
         child.params({**flatten(cfg.unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
-        inputs = torch.load(data.inputs, weights_only=True)
+        inputs = to_device(torch.load(data.inputs, weights_only=True), run.torch_device)
         if cached:
             metrics, trained_by = cached.meta["metrics"], cached.meta["run_id"]
             run_logger().info(f"[{STAGE}] reused: identical fine-tune by MLflow run {trained_by} (key {key})")
@@ -69,14 +70,15 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
                 run_logger().info(f"[{STAGE}] run {trained_by} is not in this tracking store (it was tracked in "
                                   f"{cached.meta.get('tracking_uri')}): its model is logged to this run")
         else:
-            stages = [load_file(path, load_stage)[0] for path in stack.weights]
+            stages = [load_file(path, load_stage)[0].to(run.torch_device) for path in stack.weights]
             unrolled = unroll(stages, inputs, cfg.unroll, cfg.seed, epoch_reporter(child.mlf, child.id), STAGE)
             model = unrolled.model
             metrics = {"test_sq_error": unrolled.test_sq_error, "test_sq_error_stacked": unrolled.test_sq_error_stacked,
                        "train_seconds": unrolled.result.seconds}
             local = run.workdir / STAGE / MODEL_FILE
             local.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": model.state_dict(), "config": cfg.model_dump()}, local)
+            torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},  # loads anywhere
+                        "config": cfg.model_dump()}, local)
             child.artifact(local)
             model_path = store.put(key, {MODEL_FILE: local}, {
                 "run_id": child.id, "pipeline": run.pipeline, "tracking_uri": tracking.tracking_uri(),
@@ -87,7 +89,8 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
                           f"(the greedy stack before fine-tuning: {metrics['test_sq_error_stacked']:.2f})")
         codes = run.workdir / STAGE / "codes.pt"
         codes.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({split: encode(model.encoders, x) for split, x in inputs.items()}, codes)
+        model = model.to(run.torch_device)
+        torch.save({split: encode(model.encoders, x).cpu() for split, x in inputs.items()}, codes)
     return UnrolledStage(child.id, trained_by, str(model_path), str(codes), metrics["test_sq_error"],
                          metrics["test_sq_error_stacked"])
 

@@ -27,6 +27,7 @@ MNIST_TEST_IMAGES = 10_000
 # run's workdir, Prefect run names, the registered model NAME-classifier (which refuses '/' and ':').
 # Only these characters are safe in all of them; a name of dots alone ('.', '..') would walk the tree.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 NAME_RULE = "letters A-Z a-z, digits 0-9, '.', '_' and '-' only, and not dots alone"
 
 # Seeds go to torch.manual_seed / torch.Generator.manual_seed, pretraining stages after
@@ -154,6 +155,7 @@ class DataConfig(Strict):
 
 
 Activation = Literal["sigmoid", "relu", "tanh", "linear"]
+Precision = Literal["fp32", "bf16"]
 Optimizer = Literal["sgd", "adam"]
 
 
@@ -195,6 +197,7 @@ class LayerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
+    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
 
     @model_validator(mode="after")
     def _kind_keys(self):
@@ -234,6 +237,7 @@ class Optimization(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"
+    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
 
 
 class TrainingConfig(Optimization):
@@ -412,6 +416,18 @@ class PipelineConfig(Strict):
     schedule: Optional[ScheduleConfig] = None
     variant: Optional[str] = Field(None, description="set on the cells of an ablation with variants: the "
                                                      "variant whose layers this config holds")
+    device: str = Field("auto", description="auto (CUDA when available, else Apple MPS, else the CPU), cpu, cuda, "
+                                            "cuda:N or mps; in no store key: stages are shared between devices")
+    precision: Precision = Field("fp32", description="fp32, or bf16: forward passes in bfloat16 under autocast "
+                                                     "(weights, optimizer and losses fp32); part of the store keys")
+    tf32: bool = Field(False, description="CUDA only: TF32 matmuls (faster; not bit-identical to fp32)")
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_one(cls, value: str):
+        if not DEVICE_SPEC.fullmatch(value):
+            raise ValueError(f"{value!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+        return value
 
     @field_validator("variant")
     @classmethod
@@ -425,6 +441,11 @@ class PipelineConfig(Strict):
         if self.data.found is not None:  # else a source whose images are not read yet: check_run binds it
             resolve_layers(self.layers, tuple(self.data.found.shape),
                            "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
+        for part in [*self.layers, self.finetune, self.unroll]:  # every training takes the pipeline's
+            if part is not None and part.precision is None:
+                part.precision = self.precision
+        if self.finetune is not None and self.finetune.scratch is not None and self.finetune.scratch.precision is None:
+            self.finetune.scratch.precision = self.precision
         if (self.finetune is None) == (self.unroll is None):
             raise ValueError("give finetune (train a classifier on labels) or unroll (fine-tune the stack as one "
                              "deep autoencoder), one of the two")
