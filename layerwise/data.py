@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from layerwise.config.schema import val_count
+from layerwise.datasets.source import UNLABELLED
 from layerwise.errors import DataError  # noqa: F401 - raised here, and importable from here
 
 MNIST_MD5 = {
@@ -123,11 +125,6 @@ def _flat(images: torch.Tensor, uint8: bool) -> torch.Tensor:
     return flat if uint8 and flat.dtype == torch.uint8 else to_unit(flat)
 
 
-def val_count(val_size: int | float, pool: int) -> int:
-    """data.val_size is a count, or a fraction of the labelled images drawn."""
-    return round(val_size * pool) if isinstance(val_size, float) else val_size
-
-
 def split_source(source, train_size: int | None, val_size: int | float, split_seed: int) -> DataSplits:
     """A seeded permutation of the labelled training images: the first train_size of it (all if None)
     are drawn, the first val_size of those validate, the rest train (both in source order); the
@@ -138,8 +135,10 @@ def split_source(source, train_size: int | None, val_size: int | float, split_se
     pool = order[: train_size or len(order)]
     n_val = val_count(val_size, len(pool))
     val_index, train_index = pool[:n_val].sort().values, pool[n_val:].sort().values
-    rest = [(train.labels == -1).nonzero().flatten()]
-    pool_images = [train.images[train_index]] + [train.images[i] for i in rest if len(i)]
+    pool_images = [train.images[train_index]]
+    unlabelled = (train.labels == UNLABELLED).nonzero().flatten()  # an .npz's y_train = -1
+    if len(unlabelled):
+        pool_images.append(train.images[unlabelled])
     if source.unlabelled is not None and len(source.unlabelled):
         pool_images.append(source.unlabelled.images)
     n_images = sum(map(len, pool_images)) + len(val_index) + len(source.test)

@@ -54,6 +54,11 @@ Source = Literal["mnist", "torchvision", "folder", "arrays"]
 FOLDER_ONLY = ("channels", "image_size")
 
 
+def val_count(val_size: Union[int, float], pool: int) -> int:
+    """data.val_size is a count, or a fraction of the labelled images drawn (pool)."""
+    return round(val_size * pool) if isinstance(val_size, float) else val_size
+
+
 class DataFacts(Strict):
     """What the source holds, resolved from the data itself (statically for source: mnist) when a
     run is checked; never written by hand. Layers, class counts and label checks follow it."""
@@ -136,7 +141,7 @@ class DataConfig(Strict):
 
     @property
     def val_count(self) -> int:
-        return round(self.val_size * self.pool) if isinstance(self.val_size, float) else self.val_size
+        return val_count(self.val_size, self.pool)
 
     @property
     def n_train(self) -> int:
