@@ -19,10 +19,10 @@ import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 
-import flows.checks  # noqa: E402
 import flows.pipeline as pipeline_module  # noqa: E402
 import layerwise.finetune  # noqa: E402
 import layerwise.stack  # noqa: E402
+import layerwise.data  # noqa: E402
 import tasks.data  # noqa: E402
 import tasks.finetune  # noqa: E402
 from benchmarks.timers import Ledger  # noqa: E402
@@ -35,8 +35,11 @@ MLFLOW = "mlflow_logging"
 def instrument() -> Ledger:
     ledger = Ledger(sticky=(MLFLOW,))
     ledger.patch(SubprocessASGIServer, "start", "prefect_api_start")
-    ledger.patch(flows.checks, "ensure_mnist", "data_loading")  # the MD5 check, before the flow
-    ledger.patch(tasks.data, "load_mnist", "data_loading")
+    # the MD5 check before the flow (check_data imports it from layerwise.data when it runs), then the
+    # source read and split inside it
+    ledger.patch(layerwise.data, "ensure_mnist", "data_loading")
+    ledger.patch(tasks.data, "load_source", "data_loading")
+    ledger.patch(tasks.data, "split_source", "data_loading")
     # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.stack)
     # and finetune (layerwise.finetune) look these names up in their own modules
     ledger.patch(layerwise.stack, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")

@@ -151,7 +151,8 @@ def child(args) -> None:
                            ("check_schedules", "config: schedule check (Prefect cron model)")):
             if module is not None and hasattr(module, name):
                 ledger.patch(module, name, what)
-    ledger.patch(tasks.data, "load_mnist", "data: decode MNIST and split")
+    ledger.patch(tasks.data, "load_source", "data: decode MNIST and split")
+    ledger.patch(tasks.data, "split_source", "data: decode MNIST and split")
     for name in ("save", "load"):
         ledger.patch(torch, name, "intermediate files (torch.save / torch.load)")
     ledger.patch(layerwise.stack, "train_autoencoder", "compute")
