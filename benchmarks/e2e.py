@@ -41,8 +41,11 @@ def check_bare_settings() -> None:
     problems = []
     if cfg.seed != bare.SEED:
         problems.append(f"seed {cfg.seed} != {bare.SEED}")
-    if cfg.data.model_dump() != bare.DATA:
-        problems.append(f"data {cfg.data.model_dump()} != {bare.DATA}")
+    data = {key: getattr(cfg.data, key) for key in bare.DATA}
+    if cfg.data.source != "mnist" or data != bare.DATA:
+        problems.append(f"data: source {cfg.data.source}, {data} != the official files, {bare.DATA}")
+    if cfg.precision != "fp32":
+        problems.append(f"precision {cfg.precision} != fp32")
     if len(cfg.layers) != len(bare.LAYERS):
         problems.append(f"{len(cfg.layers)} layers != {len(bare.LAYERS)}")
     for i, (layer, expected) in enumerate(zip(cfg.layers, bare.LAYERS)):
