@@ -42,9 +42,11 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
 
     if cfg.data.path and not Path(cfg.data.path).expanduser().is_absolute():
         # relative to the pipelines file, like everything it names; logged absolute with the run
-        cfg.data.path = str((Path(source).resolve().parent / Path(cfg.data.path).expanduser()).resolve())
+        path = str((Path(source).resolve().parent / Path(cfg.data.path).expanduser()).resolve())
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": path})})
 
-    data = load_source(cfg.data, root, decode_cache(), allow_download, log=print)
+    # kept for the run's prepare-data step, which then reads nothing again
+    data = load_source(cfg.data, root, decode_cache(), allow_download, log=print, keep=True)
     sizes = data.sizes()
     facts = DataFacts(shape=list(data.shape), classes=data.classes, labelled=sizes["labelled_images"],
                       unlabelled=sizes["unlabelled_images"], test=sizes["test_images"])

@@ -34,6 +34,16 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Files already checked in this process, by (path, size, mtime): a run checks the data before it
+# starts and reads it inside the flow, and should not hash 55 MB twice.
+_verified: set[tuple] = set()
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
 def verify_mnist(root: Path) -> str:
     """Check the four files' MD5s; returns a fingerprint of the data (used in cache keys)."""
     folder = raw_dir(root)
@@ -42,8 +52,12 @@ def verify_mnist(root: Path) -> str:
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
+        elif _stamp(path) in _verified:
+            continue
         elif (actual := _md5(path)) != expected:
             problems.append(f"{name} is corrupt (md5 {actual}, expected {expected})")
+        else:
+            _verified.add(_stamp(path))
     if problems:
         raise DataError(
             f"MNIST data under {folder}: {'; '.join(problems)}. Put the four uncompressed official files "

@@ -238,10 +238,48 @@ def test_rgb_arrays_set_the_conv_channels_and_the_classes(tmp_path):
            "layers": [{"kind": "conv", "channels": 4, "kernel": 3, "pool": 2, "epochs": 1, "lr": 0.01},
                       {"size": 8, "epochs": 1, "lr": 0.01}],
            "finetune": {"init": "scratch", "labels": 30, "epochs": 1, "lr": 0.1}}
-    cfg, _ = check_data("rgb", PipelineConfig.model_validate(raw), tmp_path, False, str(tmp_path / "p.yaml"))
+    given = PipelineConfig.model_validate(raw)
+    cfg, _ = check_data("rgb", given, tmp_path, False, str(tmp_path / "p.yaml"))
+    assert given.data.path == "rgb.npz" and cfg.data.path == str(tmp_path / "rgb.npz")  # a new config
     assert cfg.data.found.shape == [3, 16, 16] and cfg.data.found.classes == ["0", "1", "2"]
     assert cfg.layers[0].input_shape == [3, 16, 16] and cfg.sizes == [768, 4 * 8 * 8, 8]
     model = build_classifier(None, cfg.finetune, cfg.layers, cfg.data.n_classes)
     assert model.hidden[0][0].in_channels == 3 and model.output.out_features == 3
     with pytest.raises(ValidationError, match="finetune.labels is 90 but must lie between 3"):
         cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"labels": 90})}).bound_to(cfg.data.found)
+
+
+def test_the_checks_read_is_the_runs_read_and_is_handed_out_once(tmp_path):
+    """check_data decodes the images to bind the config; the run's prepare-data step gets that very
+    read (not a second decode), and only once: the next load reads the file again."""
+    from flows.checks import check_data
+    from layerwise.config import PipelineConfig
+
+    npz, _ = _write_doors(tmp_path, 60, 20)
+    raw = {"data": {"source": "arrays", "path": str(npz), "val_size": 10},
+           "layers": [{"size": 8, "epochs": 1, "lr": 0.01}],
+           "finetune": {"init": "scratch", "epochs": 1, "lr": 0.1}}
+    cfg, _ = check_data("p", PipelineConfig.model_validate(raw), tmp_path, False, str(tmp_path / "p.yaml"))
+    x, y, xt, yt = _official(60, 20)
+    np.savez(npz, x_train=255 - x.numpy(), y_train=y.numpy(), x_test=xt.numpy(), y_test=yt.numpy())
+    handed = load_source(cfg.data, tmp_path, tmp_path / "cache")
+    assert torch.equal(handed.train.images[:, 0], x)  # the checked read, not the changed file
+    assert torch.equal(load_source(cfg.data, tmp_path, tmp_path / "cache").train.images[:, 0], 255 - x)
+
+
+def test_mnist_files_are_hashed_once_per_process_unless_they_change(tmp_path, monkeypatch):
+    import shutil
+
+    import layerwise.data as data
+
+    raw = data.raw_dir(tmp_path)
+    shutil.copytree(data.raw_dir(mnist_root()), raw)
+    hashed = []
+    monkeypatch.setattr(data, "_md5", lambda path, real=data._md5: hashed.append(path.name) or real(path))
+    data.verify_mnist(tmp_path)
+    data.verify_mnist(tmp_path)
+    assert sorted(hashed) == sorted(data.MNIST_MD5)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x00")  # same size, new mtime, wrong content
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is corrupt"):
+        data.verify_mnist(tmp_path)

@@ -37,10 +37,24 @@ def hold_out_test(data: SourceData, fraction: float, seed: int) -> SourceData:
     return data
 
 
+# The read a run's checks made, kept for the run's own read of the same data block (taken once):
+# the checks decode the images to bind the config to them, and the run then uses exactly those.
+_kept: dict[tuple, SourceData] = {}
+
+
+def _read_key(cfg, root: Path) -> tuple:
+    return cfg.model_dump_json(exclude={"found"}), str(Path(root).resolve())
+
+
 def load_source(cfg, root: Path, cache_dir: Path, allow_download: bool = False,
-                log: Optional[Callable[[str], None]] = None) -> SourceData:
-    """cfg is a DataConfig. Raises DataError (exit 2) naming the file, folder or key at fault."""
+                log: Optional[Callable[[str], None]] = None, keep: bool = False) -> SourceData:
+    """cfg is a DataConfig. Raises DataError (exit 2) naming the file, folder or key at fault.
+    keep: hold this read for the next load of the same block and root in this process (the checks
+    before a run keep theirs for the run's prepare-data step); a kept read is handed out once."""
     root = Path(root)
+    key = _read_key(cfg, root)
+    if (kept := _kept.pop(key, None)) is not None:
+        return kept
     if cfg.source == "mnist":
         from layerwise.datasets.mnist import load_official
 
@@ -62,4 +76,8 @@ def load_source(cfg, root: Path, cache_dir: Path, allow_download: bool = False,
         raise DataError(f"data.source {cfg.source!r} is not a source")
     if data.test is None:
         data = hold_out_test(data, cfg.test_fraction, cfg.split_seed)
-    return check_source(data)
+    data = check_source(data)
+    if keep:
+        _kept.clear()  # one run's data at a time
+        _kept[key] = data
+    return data
