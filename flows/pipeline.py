@@ -16,7 +16,7 @@ from flows.checks import CheckedRun, check_run
 from flows.deep_autoencoder import deep_autoencoder
 from layerwise.cache import stage_key
 from layerwise.config import PipelineConfig
-from layerwise.device import describe_device, to_device, use_tf32
+from layerwise.device import codes_bytes, describe_device, place, use_tf32
 from layerwise.paths import DEFAULT_CONFIG, work_root
 from layerwise.stack import Splits, pretrain_stack
 from tasks import tracking
@@ -24,6 +24,7 @@ from tasks.analyses import retrieval
 from tasks.data import prepare_data
 from tasks.context import RunContext
 from tasks.finetune import finetune
+from tasks.logs import run_logger
 from tasks.pretrain import StackFiles, pretrain_layer
 from tasks.results import RunResult
 from tasks.runs import open_pipeline_run, record_results
@@ -35,7 +36,7 @@ def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: 
     prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
     stage_run = run.inside(cfg.variant) if cfg.variant else run
 
-    def stage(layer, codes, seed, index, callback):
+    def stage(layer, codes, seed, index, callback):  # the task computes on run.torch_device
         key = stage_key(cfg.pretrain_dict(), index, fingerprint)
         return pretrain_layer.with_options(task_run_name=f"{prefix}-{index}")(stage_run, layer, codes, seed, index,
                                                                              key)
@@ -67,7 +68,10 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
-                inputs = to_device(torch.load(data.inputs, weights_only=True), device)  # once, not per batch
+                # on the device once, not per batch, when the pixels and the codes fit there
+                inputs = torch.load(data.inputs, weights_only=True)
+                inputs = place(inputs, device, codes_bytes(sum(map(len, inputs.values())), cfg.sizes[1:]),
+                               log=run_logger().info)
                 for stack_cfg in cfg.stacks():
                     name = stack_cfg.variant or ""
                     stacks[name], top = pretrain(stack_cfg, run, inputs, checked.fingerprint)

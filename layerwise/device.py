@@ -3,7 +3,7 @@ CPU), or `cpu`, `cuda`, `cuda:N`, `mps`. The core follows its data: a stage or f
 its input tensors live, so the caller moves the data once and the loops never copy a batch."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -58,6 +58,48 @@ def spread(device: torch.device, n: int) -> list[torch.device]:
 def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The splits moved once (a no-op where they already are)."""
     return {name: t.to(device, non_blocking=True) for name, t in tensors.items()}
+
+
+# Share of the accelerator's free memory the splits (and the codes the stages write beside them)
+# may take: the rest is the models', the optimizer's, the batches' and the allocator's.
+DATA_SHARE = 0.6
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Bytes free on a CUDA device now; None where it cannot be asked (the CPU, MPS)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def fits(needed: int, free: Optional[int], share: float = DATA_SHARE) -> bool:
+    """needed bytes fit in share of free (unknown free memory: assume it does)."""
+    return free is None or needed <= share * free
+
+
+def place(tensors: dict[str, torch.Tensor], device: torch.device, extra_bytes: int = 0,
+          log: Optional[Callable[[str], None]] = None) -> dict[str, torch.Tensor]:
+    """The splits on `device` once, when they and extra_bytes (the codes the stages will write
+    beside them) fit; else kept in host memory, pinned, and the loops copy each batch to the device
+    the model is on (slower, but a dataset larger than the card still trains)."""
+    if device.type == "cpu":
+        return tensors
+    needed = sum(t.numel() * t.element_size() for t in tensors.values()) + extra_bytes
+    free = free_memory(device)
+    if fits(needed, free):
+        return to_device(tensors, device)
+    if log:
+        log(f"the data ({needed / 2**30:.1f} GiB with its codes) does not fit in {DATA_SHARE:.0%} of the "
+            f"{free / 2**30:.1f} GiB free on {device}: kept in host memory, each batch copied to {device}")
+    # pinned: the copies to a CUDA card run asynchronously
+    return {name: t.pin_memory() if device.type == "cuda" else t for name, t in tensors.items()}
+
+
+def codes_bytes(n_images: int, widths: list[int]) -> int:
+    """The most code a greedy stack holds at once beside the pixels, fp32: stage 1 writes its codes,
+    stage k reads stage k-1's and writes its own. widths: the layers' code widths, bottom first."""
+    held = widths[:1] + [a + b for a, b in zip(widths, widths[1:])]
+    return 4 * n_images * max(held, default=0)
 
 
 def use_tf32(enabled: bool, device: Optional[torch.device] = None) -> None:

@@ -11,7 +11,11 @@ from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled
 def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     was_training = encoder.training
     encoder.eval()
-    # an empty split (data.val_size: 0) still gets its [0, width] codes
-    out = torch.cat([encoder(to_unit(x[i:i + batch_size])) for i in range(0, max(len(x), 1), batch_size)])
+    # computed where the encoder is; the codes stay where x is (host memory when the data did not
+    # fit on the accelerator: see layerwise.device.place). An empty split (data.val_size: 0) still
+    # gets its [0, width] codes.
+    device = next(encoder.parameters()).device
+    out = torch.cat([encoder(to_unit(x[i:i + batch_size].to(device, non_blocking=True))).to(x.device)
+                     for i in range(0, max(len(x), 1), batch_size)])
     encoder.train(was_training)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import nn
 
 from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
@@ -40,10 +41,11 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
 
 def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: FinetuneConfig,
              layers: list[LayerConfig], n_classes: int = MNIST_CLASSES, name: str = "finetune",
-             callback: Optional[Callback] = None) -> Finetuned:
+             callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Finetuned:
     """Builds the classifier (build_classifier) and trains it with config's settings in force for
-    its init (finetune.scratch overrides a scratch control's); name labels progress and errors."""
+    its init (finetune.scratch overrides a scratch control's); name labels progress and errors.
+    device: where it trains (default: where the labelled images are)."""
     ft = config.in_force()
-    model = build_classifier(encoders, config, layers, n_classes).to(labelled.x_train.device)  # where its data is
+    model = build_classifier(encoders, config, layers, n_classes).to(device or labelled.x_train.device)
     result = train_classifier(model, labelled, ft, ft.seed, name, callback)
     return Finetuned(model, result)

@@ -53,11 +53,13 @@ def stage_seed(seed: int, index: int) -> int:
 
 
 def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
-                callback: Optional[Callback] = None) -> tuple[Reconstructor, TrainResult]:
+                callback: Optional[Callback] = None, device: Optional[torch.device] = None
+                ) -> tuple[Reconstructor, TrainResult]:
     """The layer's autoencoder, seeded, trained on inputs['train'] with its settings, scored on
-    inputs['val'] after every epoch."""
-    # built (and seeded) on the CPU, so every device starts from the same weights; trained where its data is
-    model = seeded_stage(layer, stage_seed(seed, index)).to(inputs["train"].device)
+    inputs['val'] after every epoch. device: where it computes (default: where inputs are; inputs
+    left in host memory are copied to it a batch at a time)."""
+    # built (and seeded) on the CPU, so every device starts from the same weights
+    model = seeded_stage(layer, stage_seed(seed, index)).to(device or inputs["train"].device)
     result = train_autoencoder(model, inputs["train"], inputs["val"], layer, stage_seed(seed, index),
                                f"pretrain-{index}", f"layers.{index - 1}", callback)
     return model, result
@@ -68,9 +70,9 @@ def encode_splits(encoder: nn.Module, inputs: Splits) -> Splits:
 
 
 def pretrain_stage(layer: LayerConfig, inputs: Splits, seed: int = 0, index: int = 1,
-                   callback: Optional[Callback] = None) -> Stage:
-    """Train one layer, freeze its encoder, encode every split."""
-    model, result = train_stage(layer, inputs, seed, index, callback)
+                   callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Stage:
+    """Train one layer, freeze its encoder, encode every split (codes stay where inputs are)."""
+    model, result = train_stage(layer, inputs, seed, index, callback, device)
     encoder = freeze(model.encoder)
     return Stage(index, encoder, encode_splits(encoder, inputs), model, result)
 
@@ -81,15 +83,19 @@ class StageFn(Protocol):
 
 
 def pretrain_stack(layers: list[LayerConfig], inputs: Splits, seed: int = 0, callback: Optional[Callback] = None,
-                   stage: StageFn = pretrain_stage, keep_codes: bool = True) -> Stack:
+                   stage: StageFn = pretrain_stage, keep_codes: bool = True,
+                   device: Optional[torch.device] = None) -> Stack:
     """The greedy loop: layer i trains on the codes of layer i-1 (layer 1 on inputs). `layers` are
     resolved layer configs (PipelineConfig.layers); `stage` trains one layer (default: here, in
     memory; the pipeline passes its task, which reuses stored stages and tracks each in MLflow).
     keep_codes=False drops each stage's codes once the stage above has encoded them (the top
-    layer's stay): a 1000-wide code of 70,000 images is 280 MB."""
+    layer's stay): a 1000-wide code of 70,000 images is 280 MB. device: where the stages compute
+    (default: where inputs are; see layerwise.device.place for data kept in host memory)."""
     stack, codes = Stack(), inputs
     for index, layer in enumerate(layers, start=1):
-        trained = stage(layer, codes, seed, index, callback)
+        # a stage function of your own is called as StageFn says; device is passed only when given
+        trained = (stage(layer, codes, seed, index, callback) if device is None
+                   else stage(layer, codes, seed, index, callback, device=device))
         if stack.stages and not keep_codes:
             stack.stages[-1].codes = {}
         stack.stages.append(trained)

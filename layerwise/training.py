@@ -63,6 +63,10 @@ def configure_cpu(threads: Optional[int] = None) -> None:
         torch.set_num_threads(threads)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
@@ -121,8 +125,9 @@ def evaluate_autoencoder(model: Reconstructor, x: torch.Tensor, l1: float = 0.0,
     was_training = model.training
     model.eval()
     recon = penalty = abs_sum = active = 0.0
+    device = device_of(model)
     for start in range(0, len(x), batch_size):
-        xb = to_unit(x[start:start + batch_size])
+        xb = to_unit(x[start:start + batch_size].to(device, non_blocking=True))
         code, out = model(xb)
         recon += reconstruction_loss(out, xb, model.loss).item() * len(xb)
         penalty += l1_penalty(code, l1).item() * len(xb)
@@ -165,8 +170,10 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
     hint = (f"look at {settings}.lr ({layer.lr}), {settings}.l1 ({l1}), {settings}.optimizer ({layer.optimizer}) "
             f"and {settings}.loss ({model.loss})")
 
+    device = device_of(model)  # the data may stay in host memory (device.place): batches move here
+
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = to_unit(x_train[idx])
+        xb = to_unit(x_train[idx].to(device, non_blocking=True))
         with reduced(xb, layer.precision):
             code, out = model(corrupt(xb, *noise) if noise else xb)
         code, out = code.float(), out.float()  # the losses in fp32 (a no-op at fp32)
@@ -194,7 +201,9 @@ def train_autoencoder(model: Reconstructor, x_train: torch.Tensor, x_val: torch.
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    labels = torch.cat([model(to_unit(x[i:i + batch_size])).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    device = device_of(model)
+    labels = torch.cat([model(to_unit(x[i:i + batch_size].to(device, non_blocking=True))).argmax(dim=1)
+                        for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return labels
 
@@ -240,11 +249,13 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
     val_every = 1 if keep == "best_val" else max(1, total // 10)
     hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
 
+    device = device_of(model)
+
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = to_unit(x_train[idx])
+        xb = to_unit(x_train[idx].to(device, non_blocking=True))
         with reduced(xb, config.precision):
             logits = model(xb)
-        loss = F.cross_entropy(logits.float(), y_train[idx])
+        loss = F.cross_entropy(logits.float(), y_train[idx].to(device, non_blocking=True))
         return loss, loss
     model.train()
     epoch = 0
@@ -289,8 +300,11 @@ def squared_error(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> 
     Hinton & Salakhutdinov 2006 report: 3.00 for their deep autoencoder, 13.87 for PCA-30)."""
     was_training = model.training
     model.eval()
-    total = sum((model.reconstruct(to_unit(x[i:i + batch_size])) - to_unit(x[i:i + batch_size])).pow(2).sum().item()
-                for i in range(0, len(x), batch_size))
+    device = device_of(model)
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = to_unit(x[i:i + batch_size].to(device, non_blocking=True))
+        total += (model.reconstruct(xb) - xb).pow(2).sum().item()
     model.train(was_training)
     return total / len(x)
 
@@ -308,8 +322,10 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
     result, started = TrainResult(), time.perf_counter()
     hint = f"look at unroll.lr ({config.lr}), unroll.optimizer ({config.optimizer}) and unroll.l2 ({l2})"
 
+    device = device_of(model)
+
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = to_unit(x_train[idx])
+        xb = to_unit(x_train[idx].to(device, non_blocking=True))
         with reduced(xb, config.precision):
             code, out = model(xb)
         code, out = code.float(), out.float()

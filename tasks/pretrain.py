@@ -68,9 +68,10 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     stage = stage_name(index)
     resolved = {"layer": layer.model_dump(), "index": index, "seed": seed, "pipeline": run.pipeline}
     store = stage_store()
-    # stored on the CPU; computes where this stage's inputs are
+    # stored on the CPU; computes on the run's device (its inputs are there, or in host memory
+    # where they did not fit: layerwise.device.place)
     found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0])
-                       .to(inputs["train"].device))
+                       .to(run.torch_device))
     cached, encoder = found or (None, None)
     shape = f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv" else str(layer.size)
     title = f"{stage} {layer.input}→{shape} {layer.activation} {_regularisers(layer)}"
@@ -89,7 +90,8 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
                                   f"{cached.meta.get('tracking_uri')}): its weights are logged to this run")
             child.metrics(cached.meta["final_metrics"], step=layer.epochs)
         else:
-            model, result = train_stage(layer, inputs, seed, index, callback=epoch_reporter(child.mlf, child.id))
+            model, result = train_stage(layer, inputs, seed, index, epoch_reporter(child.mlf, child.id),
+                                        run.torch_device)
             local = save_stage(run.workdir / stage / f"{stage}.pt", model, resolved)
             child.artifact(local)
             weights = store.put(cache_key, {local.name: local}, {

@@ -11,7 +11,7 @@ from prefect import task
 from layerwise.cache import Store, content_key, load_file
 from layerwise.checkpoint import load_stage
 from layerwise.config import LayerConfig, PipelineConfig, flatten
-from layerwise.device import to_device
+from layerwise.device import place
 from layerwise.encode import encode
 from layerwise.models import DeepAutoencoder, build_autoencoder
 from layerwise.paths import work_root
@@ -60,7 +60,7 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
     with run.child_run(title, STAGE, {"layerwise.unroll_key": key}, cached and cached.meta, LINK_TAG) as child:
         child.params({**flatten(cfg.unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
-        inputs = to_device(torch.load(data.inputs, weights_only=True), run.torch_device)
+        inputs = place(torch.load(data.inputs, weights_only=True), run.torch_device, log=run_logger().info)
         if cached:
             metrics, trained_by = cached.meta["metrics"], cached.meta["run_id"]
             run_logger().info(f"[{STAGE}] reused: identical fine-tune by MLflow run {trained_by} (key {key})")

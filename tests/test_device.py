@@ -97,3 +97,32 @@ def test_the_core_on_cuda_matches_the_cpu_closely():
     a, b = cpu.stages[0].result.history[-1].metrics, gpu.stages[0].result.history[-1].metrics
     assert np.isclose(a["recon_loss"], b["recon_loss"], rtol=1e-3)
     assert gpu.codes["val"].device.type == "cuda"
+
+
+def test_the_splits_go_to_the_device_only_when_they_and_their_codes_fit():
+    from layerwise.device import DATA_SHARE, codes_bytes, fits, place
+
+    # the 784-1000-1000-500 stack on 70,000 images: stage 2 reads 1000-wide codes and writes 1000-wide ones
+    assert codes_bytes(70_000, [1000, 1000, 500]) == 4 * 70_000 * 2000
+    assert codes_bytes(10, [64]) == 4 * 10 * 64 and codes_bytes(10, []) == 0
+    assert fits(int(DATA_SHARE * 1000), 1000) and not fits(int(DATA_SHARE * 1000) + 1, 1000)
+    assert fits(10**15, None)  # a device that cannot say (MPS): tried
+    x = {"train": torch.zeros(3, 2)}
+    assert place(x, torch.device("cpu"))["train"] is x["train"]  # the CPU: nothing moves
+
+
+@needs_cuda
+def test_data_left_in_host_memory_trains_as_on_the_card(monkeypatch):
+    """Splits too large for the card stay in host memory and each batch is copied: the same stage."""
+    import layerwise.device as dev
+    from layerwise.stack import pretrain_stack
+
+    layers, on_card, stack = _tiny_stack(torch.device("cuda"))
+    monkeypatch.setattr(dev, "free_memory", lambda device: 0)  # nothing fits
+    host = dev.place({k: v.cpu() for k, v in on_card.items()}, torch.device("cuda"))
+    assert host["train"].device.type == "cpu" and host["train"].is_pinned()
+    again = pretrain_stack(layers, host, seed=0, device=torch.device("cuda"))
+    assert next(again.stages[0].model.parameters()).device.type == "cuda"
+    assert again.codes["val"].device.type == "cpu"  # the codes stay beside the data
+    assert again.stages[0].result.history[-1].metrics == stack.stages[0].result.history[-1].metrics
+    assert torch.equal(again.codes["val"], stack.codes["val"].cpu())
