@@ -38,11 +38,12 @@ def threads_per_cell(grid: AblationConfig) -> int:
     return grid.threads_per_worker or max(1, (os.cpu_count() or 1) // grid.workers)
 
 
-def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str) -> str:
-    """What determines a cell's result: its stack (or architecture, from scratch), data and training."""
+def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str, kind: str = "cell") -> str:
+    """What determines a cell's result: its stack (or architecture, from scratch), data and training.
+    kind 'trial-cell': a sweep trial's (stored apart: its entry holds validation metrics only)."""
     ft = cell.finetune.in_force()
     stack = stage_keys if ft.init == "pretrained" else [(layer.size, layer.activation) for layer in cell.layers]
-    return content_key({"kind": "cell", "stack": stack, "data": cell.data.model_dump(), "fingerprint": fingerprint,
+    return content_key({"kind": kind, "stack": stack, "data": cell.data.model_dump(), "fingerprint": fingerprint,
                         "finetune": ft.model_dump(exclude={"scratch"})})
 
 

@@ -1,4 +1,4 @@
-"""layerwise run NAME | list | validate | serve. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
+"""layerwise run NAME | sweep NAME | list | validate | serve | example-data. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
 from __future__ import annotations
 
 import argparse
@@ -29,14 +29,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerwise", description="Greedy layer-wise autoencoder pretraining on image data.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline from pipelines.yaml")
-    run.add_argument("name")
-    run.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipelines file (default: %(default)s)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
-                     help="override a config value (parsed as YAML); repeatable")
-    run.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (as --set device=...)")
-    run.add_argument("--data-root", default=None,
-                     help="the data root: MNIST/raw and torchvision's datasets (default: $MNIST_ROOT, "
-                          "else ./data)")
+    sweep = sub.add_parser("sweep", help="run a pipeline's sweep: block (a search on validation, resumable)")
+    for command in (run, sweep):
+        command.add_argument("name", nargs="?", default=None,
+                             help="the pipeline (may be left out when the file holds only one, as best.yaml does)")
+        command.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipelines file (default: %(default)s)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
+                             help="override a config value (parsed as YAML); repeatable")
+        command.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (as --set device=...)")
+        command.add_argument("--data-root", default=None,
+                             help="the data root: MNIST/raw and torchvision's datasets (default: $MNIST_ROOT, "
+                                  "else ./data)")
     listing = sub.add_parser("list", help="list the pipelines")
     listing.add_argument("--config", default=str(DEFAULT_CONFIG))
     validate = sub.add_parser("validate", help="validate every pipeline in the file")
@@ -70,6 +73,12 @@ def _interrupt(signum, frame):
 
 
 def what_runs(cfg) -> str:
+    if cfg.sweep:
+        return f"{_what(cfg)}, sweep {cfg.sweep.trials} trials"
+    return _what(cfg)
+
+
+def _what(cfg) -> str:
     if cfg.unroll:
         return "unrolled"
     if cfg.ablation:
@@ -93,8 +102,19 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-def cmd_run(args) -> int:
-    from flows.prefect_api import launch_temporary_api, temporary_api
+def _only_pipeline(config: str) -> str:
+    """The name to run when none is given: the file's one pipeline (best.yaml holds one)."""
+    from layerwise.config import read_pipelines_file
+
+    names = list(read_pipelines_file(config))
+    if len(names) != 1:
+        raise ConfigError(f"{config}: name the pipeline to run (the file defines {', '.join(names) or 'none'})")
+    return names[0]
+
+
+def _checked_launch(args):
+    """The temporary Prefect API launched, then every check made (bad input stops the API at once)."""
+    from flows.prefect_api import launch_temporary_api
 
     api = launch_temporary_api()  # starts while the checks and imports run; stopped at exit
     from flows.checks import check_run
@@ -102,14 +122,38 @@ def cmd_run(args) -> int:
     if args.device:
         args.overrides.append(f"device={args.device}")
     try:
+        args.name = args.name or _only_pipeline(args.config)
+        if args.command == "sweep":
+            from layerwise.config import load_pipeline
+
+            if load_pipeline(args.name, args.config, args.overrides).sweep is None:
+                raise ConfigError(f"{args.config}: pipeline '{args.name}' has no sweep: block to run")
         checked = check_run(args.name, args.config, args.overrides, args.data_root)
     except BaseException:
         if api is not None:  # bad input: no run starts, so its API goes now, not at exit
             api.stop()
         raise
+    return api, checked
+
+
+def _tracked(args, body):
+    """body() inside the run's lifetime: no MLflow run of this process stays RUNNING if it is stopped."""
+    try:
+        return body()
+    except BaseException as exc:
+        if not isinstance(exc, Exception) or INTERRUPTED.is_set():
+            from tasks.tracking import client, kill_open_runs
+
+            kill_open_runs(client(), args.name)
+        raise
+
+
+def cmd_run(args) -> int:
+    api, checked = _checked_launch(args)
     import torch
 
     from flows.pipeline import layerwise_pipeline
+    from flows.prefect_api import temporary_api
     from layerwise.device import describe_device
     from tasks.finetune import prepare_model_logging
 
@@ -118,18 +162,35 @@ def cmd_run(args) -> int:
 
     cfg, uri = checked.cfg, checked.tracking_uri
     where = describe_device(torch.device(checked.device))
-    print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {what_runs(cfg)}) on {where} -> MLflow {uri}",
+    print(f"layerwise: running '{args.name}' ({cfg.shape_text()}, {_what(cfg)}) on {where} -> MLflow {uri}",
           flush=True)
-    try:
-        with temporary_api(api):
-            result = layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)
-    except BaseException as exc:
-        if not isinstance(exc, Exception) or INTERRUPTED.is_set():  # no run of this process may stay RUNNING
-            from tasks.tracking import client, kill_open_runs
 
-            kill_open_runs(client(), args.name)
-        raise
-    print(summary(result, uri))
+    def body():
+        with temporary_api(api):
+            return layerwise_pipeline(args.name, args.overrides, args.config, checked=checked)
+    print(summary(_tracked(args, body), uri))
+    return EXIT_OK
+
+
+def cmd_sweep(args) -> int:
+    api, checked = _checked_launch(args)
+    import torch
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.prefect_api import temporary_api
+    from flows.sweep import layerwise_sweep
+    from layerwise.device import describe_device
+
+    cfg, uri = checked.cfg, checked.tracking_uri
+    print(f"layerwise: sweeping '{args.name}' ({cfg.shape_text()}, {cfg.sweep.trials} trials, {cfg.sweep.sampler}, "
+          f"{cfg.sweep.workers} at a time) on {describe_device(torch.device(checked.device))} -> MLflow {uri}",
+          flush=True)
+    flow = layerwise_sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.sweep.workers))
+
+    def body():
+        with temporary_api(api):
+            return flow(args.name, args.overrides, str(args.config), checked)
+    print(summary(_tracked(args, body), uri))
     return EXIT_OK
 
 
@@ -186,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
-    commands = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
+    commands = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
                 "example-data": cmd_example_data}
     try:
         return commands[args.command](args)

@@ -55,12 +55,20 @@ def layerwise_pipeline(pipeline: str, overrides: Optional[list[str]] = None, con
     """Runs pipeline NAME from pipelines.yaml (with --set style overrides) and returns its results.
     `checked`: the checks `layerwise run` already made (config, data, store); without it (a run
     started by serve) the flow makes them itself."""
-    started = time.perf_counter()
     checked = checked or check_run(pipeline, config_path or DEFAULT_CONFIG, overrides or [], data_root)
+    return execute(pipeline, checked)
+
+
+def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
+            tags: Optional[dict[str, str]] = None, title_suffix: str = "") -> RunResult:
+    """The pipeline's steps for a checked config, tracked under a new parent run (itself nested under
+    parent_of when given, with extra tags and its title extended: a sweep's final run)."""
+    started = time.perf_counter()
     cfg = checked.cfg
     device = torch.device(checked.device)
     use_tf32(cfg.tf32, device)
-    parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""), describe_device(device))
+    parent = open_pipeline_run(pipeline, cfg, str(runtime.flow_run.id or ""), describe_device(device),
+                               parent_of, tags, title_suffix)
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,
                      work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}", str(device))
     try:

@@ -4,3 +4,8 @@ from __future__ import annotations
 
 class DataError(RuntimeError):
     """Missing or corrupt input data; the message says where the files are expected."""
+
+
+class Pruned(Exception):
+    """Raised from a training loop's callback to stop a sweep trial whose validation curve is not
+    worth finishing (the sweep's pruner decided): its runs end KILLED, the trial PRUNED."""

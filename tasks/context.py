@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -53,6 +53,16 @@ def reuse_link(mlf: MlflowClient, meta: dict, link_tag: str) -> tuple[str, dict[
     if here:
         return link_tag, {}, False
     return FOREIGN_RUN_TAG, {FOREIGN_STORE_TAG: str(meta.get("tracking_uri", "unknown"))}, True
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A task run as part of a sweep's trial: the test split is not read, no model is registered,
+    and each epoch's report also goes to on_epoch (the sweep's pruner)."""
+    number: int
+    study: str = ""
+    params: Optional[dict[str, Any]] = None  # the values drawn for it, by space key
+    on_epoch: Optional[Callable] = None
 
 
 @dataclass(frozen=True)

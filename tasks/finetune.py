@@ -21,9 +21,9 @@ from layerwise.finetune import finetune as train
 from layerwise.training import accuracy, configure_cpu
 from layerwise.transfer import freeze
 from tasks import tracking
-from tasks.context import ChildRun, RunContext
+from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles
-from tasks.logs import epoch_reporter, run_logger
+from tasks.logs import epoch_reporter, run_logger, then
 from tasks.results import CellResult
 
 STAGE = "finetune"
@@ -49,11 +49,13 @@ def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
 
 @task(name="finetune")
 def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: list[str],
-             threads: Optional[int] = None, cache_key: Optional[str] = None, register_model: bool = True) -> CellResult:
+             threads: Optional[int] = None, cache_key: Optional[str] = None, register_model: bool = True,
+             trial: Optional[Trial] = None) -> CellResult:
     """The core's fine-tune of cfg's cell (the stage files' encoders, or the same net from scratch)
     on its labelled subset, tracked as a child run. With a cache_key, a cell finished by an earlier
     run is reused (linked, not retrained); with register_model, the classifier is logged and
-    registered as PIPELINE-classifier."""
+    registered as PIPELINE-classifier. In a sweep's trial (tasks.context.Trial) the test split is
+    not read, nothing is registered, and the cell reports its kept epoch's validation accuracy only."""
     configure_cpu(threads)
     ft = cfg.finetune.in_force()
     n_labels, name = cfg.n_labels(), f"{STAGE} {cfg.cell_name()}"
@@ -79,14 +81,15 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
                                                       inputs["val"], labels["val"])))
         encoders = [e.to(device) for e in load_encoders(weights)] if ft.init == "pretrained" else None
         tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
-                      epoch_reporter(child.mlf, child.id))
+                      then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
         model, result = tuned.model, tuned.result
-        test_accuracy = accuracy(model, inputs["test"].to(device), labels["test"])
-        cell = CellResult(child.id, child.id, n_labels, test_accuracy, 100.0 * (1.0 - test_accuracy),
-                          float(result.best_epoch), result.seconds)
+        kept_val = next((r.metrics.get("val_accuracy") for r in result.history if r.epoch == result.best_epoch), None)
+        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"])
+        cell = CellResult(child.id, child.id, n_labels, float(result.best_epoch), result.seconds, test_accuracy,
+                          None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)
         child.metrics(cell.metrics(), step=result.best_epoch)
-        run_logger().info(f"[{name}] test error {cell.test_error:.2f}% (kept epoch {result.best_epoch}, {ft.keep})")
-        if register_model:
+        run_logger().info(f"[{name}] {cell.headline()} (kept epoch {result.best_epoch}, {ft.keep})")
+        if register_model and not trial:
             # logged from the CPU: a model trained on a GPU loads and predicts on any machine
             _log_model(child.id, model.cpu().eval(), f"{run.pipeline}-classifier", to_unit(inputs["test"][:4]))
         if cache_key:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable, Optional
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
@@ -39,3 +40,14 @@ def epoch_reporter(mlf, run_id: str, every_s: float = 2.0):
             last[0] = now
 
     return report
+
+
+def then(first: Callable, second: Optional[Callable]) -> Callable:
+    """One callback that calls first, then second (if any)."""
+    if second is None:
+        return first
+
+    def both(report) -> None:
+        first(report)
+        second(report)
+    return both

@@ -3,7 +3,7 @@ instead of probing dict keys. Each kind of run says its own headline."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 
 @dataclass
@@ -12,24 +12,29 @@ class CellResult:
     run_id: str
     trained_by: str  # run_id, or the earlier run whose identical cell was reused
     n_labels: int
-    test_accuracy: float
-    test_error: float
     best_epoch: float
     train_seconds: float
+    test_accuracy: Optional[float] = None  # None: a sweep's trial, which never reads the test split
+    test_error: Optional[float] = None
+    kept_val_accuracy: Optional[float] = None  # the kept epoch's (None without validation images)
 
     @property
     def reused(self) -> bool:
         return self.trained_by != self.run_id
 
     def metrics(self) -> dict[str, float]:
-        return {"test_accuracy": self.test_accuracy, "test_error": self.test_error, "best_epoch": self.best_epoch,
-                "train_seconds": self.train_seconds}
+        values = {"test_accuracy": self.test_accuracy, "test_error": self.test_error, "best_epoch": self.best_epoch,
+                  "train_seconds": self.train_seconds, "kept_val_accuracy": self.kept_val_accuracy}
+        return {key: value for key, value in values.items() if value is not None}
 
     def parent_metrics(self) -> dict[str, float]:
         """What the pipeline's parent run records of it."""
-        return {"test_accuracy": self.test_accuracy, "test_error": self.test_error}
+        return {key: value for key, value in (("test_accuracy", self.test_accuracy), ("test_error", self.test_error),
+                                              ("kept_val_accuracy", self.kept_val_accuracy)) if value is not None}
 
     def headline(self) -> str:
+        if self.test_error is None:
+            return f"validation accuracy {100 * (self.kept_val_accuracy or 0):.2f}% ({self.n_labels} labels)"
         return (f"test error {self.test_error:.2f}% (accuracy {100 * self.test_accuracy:.2f}%, "
                 f"{self.n_labels} labels)")
 

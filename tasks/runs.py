@@ -31,9 +31,11 @@ def remove_scratch(run_ids: list[str]) -> None:
 
 @task(name="open-pipeline-run", retries=2, retry_delay_seconds=2)
 def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | None = None,
-                      device: str = "cpu") -> dict[str, str]:
-    """Creates the experiment (if new) and the parent run; logs the resolved config as YAML, and
-    the device it computes on (as resolved here: 'cuda:0 (NVIDIA H100 80GB HBM3)')."""
+                      device: str = "cpu", parent_of: str | None = None,
+                      tags: dict[str, str] | None = None, title_suffix: str = "") -> dict[str, str]:
+    """Creates the experiment (if new) and the parent run (nested under parent_of when given, with
+    extra tags); logs the resolved config as YAML, and the device it computes on (as resolved here:
+    'cuda:0 (NVIDIA H100 80GB HBM3)')."""
     mlf = tracking.client()
     experiment_id = tracking.ensure_experiment(mlf, pipeline)
     stale = tracking.mark_stale_runs(mlf, experiment_id)
@@ -41,16 +43,16 @@ def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | Non
         run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
                              f"{', '.join(stale)}")
         remove_scratch(stale)
-    tags = {tracking.PIPELINE_TAG: pipeline, tracking.DEVICE_TAG: device}
+    tags = {tracking.PIPELINE_TAG: pipeline, tracking.DEVICE_TAG: device, **(tags or {})}
     if cfg.finetune:
         tags["layerwise.init"] = cfg.finetune.init
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
-    run_id = tracking.start_run(mlf, experiment_id, run_title(pipeline, cfg), tags)
+    run_id = tracking.start_run(mlf, experiment_id, run_title(pipeline, cfg) + title_suffix, tags, parent_of)
     with tracking.run_status(mlf, run_id, finish=False), tempfile.TemporaryDirectory() as tmp:
-        tracking.log_params(mlf, run_id, {**flatten(cfg), "resolved_device": device})
+        tracking.log_params(mlf, run_id, {**flatten(cfg.model_dump(exclude={"sweep"})), "resolved_device": device})
         path = Path(tmp) / "pipeline.yaml"
-        path.write_text(yaml.safe_dump({"pipelines": {pipeline: cfg.model_dump()}}, sort_keys=False))
+        path.write_text(yaml.safe_dump({"pipelines": {pipeline: cfg.model_dump(exclude={"sweep"})}}, sort_keys=False))
         mlf.log_artifact(run_id, str(path))
     return {"run_id": run_id, "experiment_id": experiment_id}
 

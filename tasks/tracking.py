@@ -20,6 +20,7 @@ import requests
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from layerwise.errors import Pruned
 from layerwise.locks import file_lock
 from layerwise.paths import default_tracking_uri
 
@@ -198,6 +199,9 @@ def run_status(mlf: MlflowClient, run_id: str, finish: bool = True) -> Iterator[
     check (the process is gone by then)."""
     try:
         yield
+    except Pruned:  # stopped early by a sweep's pruner: not a failure
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
     except Exception as exc:
         if not unreachable(exc):
             mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

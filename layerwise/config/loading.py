@@ -3,6 +3,7 @@ PipelineConfig with every error as a ConfigError naming the file, the pipeline a
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -155,6 +156,8 @@ def validate_pipeline(name: str, raw: dict, source: str = "pipelines.yaml") -> P
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: pipeline '{name}': {describe_errors(exc.errors(), PipelineConfig)}") from None
+    if cfg.sweep:
+        check_sweep_space(name, raw, cfg.sweep, source)
     if cfg.schedule and cfg.schedule.parameters:
         # a scheduled run must not be the first to find out that its overrides are invalid
         where = f"{source}: pipeline '{name}' schedule.parameters"
@@ -166,13 +169,72 @@ def validate_pipeline(name: str, raw: dict, source: str = "pipelines.yaml") -> P
     return cfg
 
 
-def load_pipeline(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> PipelineConfig:
-    """Pipeline NAME of the file at path, with `--set` overrides (dotted.key=value) applied."""
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if isinstance(tree, list) and part.lstrip("-").isdigit() and -len(tree) <= int(part) < len(tree):
+            tree = tree[int(part)]
+        elif isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        else:
+            return _MISSING
+    return tree
+
+
+def check_sweep_space(name: str, raw: dict, sweep, source: str = "pipelines.yaml") -> None:
+    """Each key of sweep.space is one `--set` accepts, and its range fits it: both ends of a range
+    (every choice) applied to the pipeline validate, a numeric range sits on a number (a whole
+    number for int keys). A ConfigError names sweep.space.KEY, before any trial exists."""
+    from layerwise.config.sweep import expand_key
+
+    where = f"{source}: pipeline '{name}'"
+    base = {key: value for key, value in raw.items() if key != "sweep"}
+    current = PipelineConfig.model_validate(base).model_dump()
+    for key, rng in sweep.space.items():
+        label = f"{where}: sweep.space.{key}"
+        try:
+            keys = expand_key(key, base)
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        for dotted in keys:
+            value = _lookup(current, dotted)
+            if not rng.numeric or value is _MISSING or value is None:
+                continue  # an unknown key is named by the validation below
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{label}: a {rng.kind} range needs a number, but {dotted} is {value!r}")
+            if isinstance(value, int) and rng.kind != "int":
+                raise ConfigError(f"{label}: {dotted} takes whole numbers ({value}): use an int range")
+        for probe in rng.probes():
+            try:
+                PipelineConfig.model_validate(apply_overrides(base, [f"{d}={json.dumps(probe)}" for d in keys], label))
+            except ValidationError as exc:
+                raise ConfigError(f"{label} at {probe!r}: {describe_errors(exc.errors(), PipelineConfig)}") from None
+
+
+def load_raw(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> dict:
+    """Pipeline NAME of the file at path as written, with `--set` overrides applied (not validated)."""
     pipelines = read_pipelines_file(path)
     if name not in pipelines:
         raise ConfigError(f"{path}: no pipeline named '{name}' (defined: {', '.join(pipelines) or 'none'})")
-    where = f"{path}: pipeline '{name}'"
-    return validate_pipeline(name, apply_overrides(pipelines[name], list(overrides), where), str(path))
+    return apply_overrides(pipelines[name], list(overrides), f"{path}: pipeline '{name}'")
+
+
+def load_pipeline(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> PipelineConfig:
+    """Pipeline NAME of the file at path, with `--set` overrides (dotted.key=value) applied."""
+    return validate_pipeline(name, load_raw(name, path, overrides), str(path))
+
+
+def trial_raw(raw: dict, params: dict[str, Any], data: dict, where: str) -> dict:
+    """A sweep trial's pipeline as written: raw without its sweep block, the trial's values applied
+    (a 'layers.*.l1' value to every layer), and the run's checked data block (paths made absolute)."""
+    from layerwise.config.sweep import overrides_for
+
+    base = {key: value for key, value in raw.items() if key != "sweep"}
+    result = apply_overrides(base, overrides_for(params, base), where)
+    result["data"] = data
+    return result
 
 
 def load_all(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:

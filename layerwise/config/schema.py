@@ -13,9 +13,11 @@ import json
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from layerwise.config.base import SEED_MAX, Seed, Strict  # noqa: F401 - importable from here
 from layerwise.config.errors import describe_errors
+from layerwise.config.sweep import FIXED_PREFIXES, SweepConfig
 
 MNIST_INPUT = 784
 MNIST_SHAPE = (1, 28, 28)
@@ -30,11 +32,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 NAME_RULE = "letters A-Z a-z, digits 0-9, '.', '_' and '-' only, and not dots alone"
 
-# Seeds go to torch.manual_seed / torch.Generator.manual_seed, pretraining stages after
-# seed * 100 + stage index: keeping seeds within 0..2**31-1 keeps that arithmetic far inside what
-# torch (64-bit) and numpy (32-bit) generators accept, so a seed never fails at run time.
-SEED_MAX = 2**31 - 1
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 def name_problem(name: Any) -> Optional[str]:
@@ -42,10 +39,6 @@ def name_problem(name: Any) -> Optional[str]:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or not name.strip("."):
         return f"name {name!r} is not allowed: {NAME_RULE}"
     return None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 MNIST_CLASS_NAMES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
@@ -419,6 +412,8 @@ class PipelineConfig(Strict):
     ablation: Optional[AblationConfig] = None
     retrieval: Optional[RetrievalConfig] = None
     schedule: Optional[ScheduleConfig] = None
+    sweep: Optional[SweepConfig] = Field(None, description="a search over this pipeline's knobs on validation: "
+                                                           "`layerwise sweep NAME` (`run` ignores it)")
     variant: Optional[str] = Field(None, description="set on the cells of an ablation with variants: the "
                                                      "variant whose layers this config holds")
     device: str = Field("auto", description="auto (CUDA when available, else Apple MPS, else the CPU), cpu, cuda, "
@@ -456,6 +451,8 @@ class PipelineConfig(Strict):
                              "deep autoencoder), one of the two")
         if self.ablation and self.finetune is None:
             raise ValueError("ablation fine-tunes classifiers: it needs finetune, not unroll")
+        if self.sweep:
+            self._check_sweep()
         if self.unroll and self.layers[-1].kind == "conv":
             raise ValueError("unroll needs a dense code layer last")
         if self.ablation:
@@ -480,6 +477,20 @@ class PipelineConfig(Strict):
                 raise ValueError(f"{key} is {count} but must lie between {n_classes} (one per class) and "
                                  f"{n_train} (the training images left after data.val_size={self.data.val_size})")
         return self
+
+    def _check_sweep(self) -> None:
+        if self.ablation:
+            raise ValueError("sweep searches one fine-tune or unroll, judged on validation: not an ablation grid")
+        objective = self.sweep.objective_for(self.unroll is not None)
+        if (objective == "val_sq_error") != (self.unroll is not None):
+            raise ValueError(f"sweep.objective {objective} does not fit a pipeline that "
+                             f"{'unrolls (use val_sq_error)' if self.unroll else 'fine-tunes a classifier (use val_accuracy)'}")
+        if objective == "val_accuracy" and self.data.val_size == 0:
+            raise ValueError("sweep.objective val_accuracy needs validation images: data.val_size is 0")
+        for key in self.sweep.space:
+            if key.split(".")[0] in FIXED_PREFIXES:
+                raise ValueError(f"sweep.space.{key}: {key.split('.')[0]} is the same for every trial (the data "
+                                 f"every trial is judged on, or a part no trial runs); search other keys")
 
     def bound_to(self, facts: DataFacts) -> "PipelineConfig":
         """This config for the data the run found: layers resolved against its image shape, label

@@ -1,0 +1,171 @@
+"""A sweep's MLflow side: its parent run (found again when the sweep resumes), one nested run per
+trial (the trial's stage and fine-tune runs nested under it), and the summary the parent carries:
+the best trial's parameters, best.yaml, trials.csv and the figures."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from mlflow.entities import RunStatus
+from prefect import task
+
+from layerwise.config import PipelineConfig, flatten
+from layerwise.device import place
+from layerwise.errors import Pruned
+from layerwise.paths import work_root
+from tasks import tracking
+from tasks.context import RunContext, Trial
+from tasks.data import DataFiles
+from tasks.logs import run_logger
+from tasks.runs import remove_scratch
+
+KIND_TAG = "layerwise.kind"            # sweep, trial (a sweep's final run: sweep_final)
+STUDY_TAG = "layerwise.sweep_study"    # the Optuna study a sweep run, trial or final run belongs to
+TRIAL_TAG = "layerwise.trial"          # a trial's number in its study
+TRIAL_STATE_TAG = "layerwise.trial_state"
+FINAL_TAG = "layerwise.sweep_final"    # "true" on the one run of a sweep that reads the test split
+
+
+def default_storage() -> str:
+    """Optuna's database beside the MLflow store (a sqlite store's folder), else in the workdir."""
+    db = tracking.sqlite_path(tracking.tracking_uri())
+    folder = db.parent if db else work_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def sweep_title(pipeline: str, cfg: PipelineConfig, objective: str) -> str:
+    return f"{pipeline} · sweep · {cfg.sweep.trials} trials · {objective} ({cfg.sweep.sampler})"
+
+
+@task(name="open-sweep-run", retries=2, retry_delay_seconds=2)
+def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str, objective: str,
+                   device: str, flow_run_id: str = "") -> dict[str, Any]:
+    """The sweep's parent run: the one this study already has (a resumed sweep: RUNNING again,
+    owned by this process), else a new one with the pipeline's and the sweep's settings as params.
+    Runs a dead process left RUNNING (its trial, that trial's stages) end KILLED first."""
+    mlf = tracking.client()
+    experiment_id = tracking.ensure_experiment(mlf, pipeline)
+    stale = tracking.mark_stale_runs(mlf, experiment_id)
+    if stale:
+        run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
+                             f"{', '.join(stale)}")
+        remove_scratch(stale)
+    found = mlf.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'sweep'",
+                            order_by=["attributes.start_time ASC"], max_results=1)
+    title = sweep_title(pipeline, cfg, objective)
+    if found:
+        run_id = found[0].info.run_id
+        mlf.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=title)
+        mlf.set_tag(run_id, tracking.PROCESS_TAG, tracking.this_process())
+        mlf.set_tag(run_id, "layerwise.sweep_trials", str(cfg.sweep.trials))
+        return {"run_id": run_id, "experiment_id": experiment_id, "resumed": True}
+    tags = {tracking.PIPELINE_TAG: pipeline, tracking.DEVICE_TAG: device, KIND_TAG: "sweep", STUDY_TAG: study,
+            "layerwise.sweep_trials": str(cfg.sweep.trials), "layerwise.sweep_storage": storage}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    run_id = tracking.start_run(mlf, experiment_id, title, tags)
+    with tracking.run_status(mlf, run_id, finish=False):
+        space = {mlflow_key(key): {kind: bound for kind, bound in rng.model_dump().items() if bound is not None}
+                 for key, rng in cfg.sweep.space.items()}
+        tracking.log_params(mlf, run_id, {**flatten(cfg.model_dump(exclude={"sweep"})),
+                                          **flatten(cfg.sweep.model_dump(exclude={"trials", "workers", "space"}), "sweep"),
+                                          **flatten(space, "sweep.space"), "sweep.objective": objective,
+                                          "sweep.study": study})
+    return {"run_id": run_id, "experiment_id": experiment_id, "resumed": False}
+
+
+def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tensor]:
+    """What a trial trains and is judged on: the training and validation splits (never the test split)."""
+    inputs = torch.load(data.inputs, weights_only=True)
+    del inputs["test"]
+    return place(inputs, device, log=run_logger().info)
+
+
+@task(name="sweep-trial")
+def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: DataFiles, fingerprint: str,
+              objective: str) -> float:
+    """One trial: the pipeline with the trial's values (cfg), tracked as a run nested under the
+    sweep's parent (its stage runs and its fine-tune or unroll run nested under the trial's), judged
+    on validation; returns the objective. Lower stages an earlier trial (or run) trained are reused
+    from the stage store. Raises Pruned when the pruner stops it (trial.on_epoch decides)."""
+    from flows.ablation import cell_key
+    from flows.pipeline import needs_stack, pretrain
+    from tasks.finetune import finetune
+    from tasks.pretrain import StackFiles
+    from tasks.unroll import unroll_finetune
+
+    mlf = tracking.client()
+    tags = {tracking.PIPELINE_TAG: sweep_run.pipeline, tracking.STAGE_TAG: "trial", KIND_TAG: "trial",
+            TRIAL_TAG: str(trial.number), STUDY_TAG: trial.study, tracking.DEVICE_TAG: sweep_run.device}
+    number, params = trial.number, trial.params or {}
+    title = f"trial {number} · " + ", ".join(f"{key}={_short(value)}" for key, value in params.items())
+    run_id = tracking.start_run(mlf, sweep_run.experiment_id, title[:250], tags, sweep_run.parent_run_id)
+    with tracking.run_status(mlf, run_id):
+        try:
+            tracking.log_params(mlf, run_id, {**{f"trial.{mlflow_key(key)}": value for key, value in params.items()},
+                                              **flatten(cfg.model_dump(exclude={"sweep"}))})
+            run = RunContext(run_id, sweep_run.experiment_id, sweep_run.pipeline,
+                             sweep_run.workdir / f"trial-{number}", sweep_run.device)
+            stack = StackFiles()
+            if needs_stack(cfg):
+                stack, _ = pretrain(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
+            if cfg.unroll:
+                value = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
+                    run, cfg, data, stack, trial).val_sq_error
+            else:
+                key = cell_key(cfg, list(stack.keys), fingerprint, kind="trial-cell")
+                value = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
+                    run, cfg, data, list(stack.weights), None, key, False, trial).kept_val_accuracy
+            if value is None:
+                raise RuntimeError(f"trial {number}: no {objective} was measured")
+            tracking.log_metrics(mlf, run_id, {objective: value})
+            mlf.set_tag(run_id, TRIAL_STATE_TAG, "COMPLETE")
+        except Pruned:
+            mlf.set_tag(run_id, TRIAL_STATE_TAG, "PRUNED")
+            raise
+        except Exception:
+            mlf.set_tag(run_id, TRIAL_STATE_TAG, "FAIL")
+            raise
+    return value
+
+
+def mlflow_key(key: str) -> str:
+    """A space key as MLflow names allow it: 'layers.*.l1' -> 'layers.each.l1'."""
+    return key.replace("*", "each")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@task(name="record-sweep", retries=2, retry_delay_seconds=2)
+def record_sweep(run_id: str, table_csv: str, figures: list[Path], best: Optional[dict], best_yaml: Optional[str],
+                 metrics: dict[str, float]) -> None:
+    """The parent's summary, rewritten as the sweep goes: trials.csv, the figures, the best trial's
+    parameters (as tags `best.KEY`: a resumed sweep's best may change, which params cannot) and
+    best.yaml, and the counts and best objective as metrics."""
+    mlf = tracking.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "trials.csv"
+        csv.write_text(table_csv)
+        mlf.log_artifact(run_id, str(csv))
+        if best_yaml:
+            path = Path(tmp) / "best.yaml"
+            path.write_text(best_yaml)
+            mlf.log_artifact(run_id, str(path))
+    for figure in figures:
+        mlf.log_artifact(run_id, str(figure), "figures")
+    for key, value in (best or {}).items():
+        mlf.set_tag(run_id, f"best.{mlflow_key(key)}", str(value))
+    tracking.log_metrics(mlf, run_id, metrics)
+
+
+def best_yaml(pipeline: str, raw: dict) -> str:
+    """A complete pipelines file holding the best trial's pipeline: `layerwise run --config best.yaml`."""
+    header = (f"# The best trial of `layerwise sweep {pipeline}` (chosen on validation): run it with\n"
+              f"#   layerwise run --config best.yaml\n")
+    return header + yaml.safe_dump({"pipelines": {pipeline: raw}}, sort_keys=False)
