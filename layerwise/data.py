@@ -112,6 +112,7 @@ class Labelled:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    x_unlabelled: Optional[torch.Tensor] = None  # the training images without a label here (finetune.unlabelled)
 
 
 FLOAT_SHARE = 0.25  # pixels stay uint8 where their float copy would take more of the machine's memory

@@ -14,9 +14,10 @@ from torch import nn
 
 from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
 from layerwise.data import Labelled
-from layerwise.models import Classifier
+from layerwise.models import Classifier, build_autoencoder
 from layerwise.training import Callback, TrainResult, train_classifier
 from layerwise.transfer import classifier_from_encoders, scratch_classifier
+from layerwise.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
 
 __all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.data
 
@@ -33,10 +34,27 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
     from random init. The output layer is random, seeded by config.seed."""
     ft = config.in_force()
     if ft.init == "scratch":
-        return scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout)
-    if not encoders:
+        model = scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout)
+    elif not encoders:
         raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
-    return classifier_from_encoders(encoders, n_classes, ft.dropout, ft.seed, ft.input_dropout)
+    else:
+        model = classifier_from_encoders([getattr(e, "encoder", e) for e in encoders], n_classes, ft.dropout,
+                                         ft.seed, ft.input_dropout)
+    if ft.unlabelled is not None and ft.unlabelled.objective == "reconstruction":
+        attach_autoencoders(model, _autoencoders(encoders, ft, layers))
+    return model
+
+
+def _autoencoders(stages: Optional[list[nn.Module]], ft: FinetuneConfig, layers: list[LayerConfig]) -> list:
+    """What the reconstruction objective keeps beside the classifier: copies of the pretrained stages
+    (encoder and decoder), or for a scratch control fresh decoders drawn from its seed."""
+    if ft.init == "scratch":
+        return fresh_decoders([build_autoencoder(layer) for layer in layers],
+                              torch.Generator().manual_seed(ft.seed + 2))
+    if not all(hasattr(stage, "decoder") for stage in stages):
+        raise ValueError("finetune.unlabelled reconstruction keeps the pretrained decoders: pass the stack's "
+                         "whole stages (stack.stages[i].model, or checkpoint.load_stage), not its encoders")
+    return copy_trainable(stages)
 
 
 def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: FinetuneConfig,
@@ -44,8 +62,10 @@ def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: Fi
              callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Finetuned:
     """Builds the classifier (build_classifier) and trains it with config's settings in force for
     its init (finetune.scratch overrides a scratch control's); name labels progress and errors.
-    device: where it trains (default: where the labelled images are)."""
+    device: where it trains (default: where the labelled images are). With finetune.unlabelled,
+    labelled.x_unlabelled holds the images it uses, and for its reconstruction objective
+    `encoders` are the stack's whole stages (their decoders are kept while it trains)."""
     ft = config.in_force()
     model = build_classifier(encoders, config, layers, n_classes).to(device or labelled.x_train.device)
     result = train_classifier(model, labelled, ft, ft.seed, name, callback)
-    return Finetuned(model, result)
+    return Finetuned(detach_autoencoders(model), result)

@@ -218,8 +218,26 @@ def classifier_optimizer(model: Classifier, name: str, lr: float, momentum: floa
     fine-tuning can adjust the features without washing them out. head_only: output layer alone."""
     groups = [{"params": list(model.output.parameters()), "lr": lr}]
     if not head_only:
-        groups.insert(0, {"params": list(model.hidden.parameters()), "lr": lr * hidden_lr_scale})
+        hidden = list(model.hidden.parameters())
+        kept = getattr(model, "autoencoders", None)  # finetune.unlabelled reconstruction: decoders learn too
+        if kept is not None:
+            shared = {id(p) for p in hidden}
+            hidden += [p for p in kept.parameters() if id(p) not in shared]
+        groups.insert(0, {"params": hidden, "lr": lr * hidden_lr_scale})
     return make_optimizer(groups, name, lr, momentum, weight_decay)
+
+
+def unlabelled_part(config: TrainingConfig, labelled: Labelled, total_steps: int, seed: int):
+    """config.unlabelled's objective over labelled.x_unlabelled (None without one), with its own
+    generator, so the labelled batches, their order and their dropout masks stay as without it."""
+    settings = getattr(config, "unlabelled", None)
+    if settings is None:
+        return None
+    if labelled.x_unlabelled is None:
+        raise ValueError("finetune.unlabelled needs the unlabelled images: Labelled(..., x_unlabelled=...)")
+    from layerwise.unlabelled import UnlabelledObjective
+
+    return UnlabelledObjective(settings, labelled.x_unlabelled, total_steps, torch.Generator().manual_seed(seed + 1))
 
 
 def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConfig, seed: int = 0,
@@ -250,19 +268,27 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
     hint = f"look at finetune.lr ({lr}), finetune.optimizer ({optimizer}) and finetune.momentum ({momentum})"
 
     device = device_of(model)
+    extra = unlabelled_part(config, labelled, total * -(-len(x_train) // config.batch_size), seed)
+    where = {"step": 0, "head_only": False}
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = to_unit(x_train[idx].to(device, non_blocking=True))
         with reduced(xb, config.precision):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), y_train[idx].to(device, non_blocking=True))
-        return loss, loss
+        if extra is None:
+            return loss, loss
+        added = extra.loss(model, where["step"], device, where["head_only"])
+        where["step"] += 1
+        # train_loss reports the labelled part, comparable with a fine-tune without unlabelled data
+        return (loss if added is None else loss + added), loss
     model.train()
     epoch = 0
     for phase_epochs, head_only in ((head_epochs, True), (epochs, False)):
         if not phase_epochs:
             continue
         model.hidden.requires_grad_(not head_only)
+        where["head_only"] = head_only
         opt = classifier_optimizer(model, optimizer, lr, momentum, config.weight_decay, config.hidden_lr_scale,
                                    head_only)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase_epochs)

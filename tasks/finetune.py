@@ -11,7 +11,7 @@ import torch
 from prefect import task
 
 from layerwise.cache import Store, load_file
-from layerwise.checkpoint import load_encoder
+from layerwise.checkpoint import load_encoder, load_stage
 from layerwise.config import PipelineConfig, flatten
 from layerwise.data import label_subset
 from layerwise.datasets import to_unit
@@ -39,9 +39,17 @@ def load_encoders(weights: list[str]) -> list[torch.nn.Module]:
     return [freeze(load_file(path, load_encoder)[0]) for path in weights]
 
 
+def load_stages(weights: list[str]) -> list[torch.nn.Module]:
+    """The stack's whole autoencoders, frozen (what finetune.unlabelled reconstruction keeps)."""
+    return [freeze(load_file(path, load_stage)[0]) for path in weights]
+
+
 def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
     ft = cfg.finetune
-    tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed)}
+    tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed),
+            "layerwise.method": cfg.method()}
+    if ft.unlabelled is not None:
+        tags["layerwise.unlabelled"] = ft.unlabelled.objective
     if ft.init == "pretrained" and cfg.variant:
         tags["layerwise.variant"] = cfg.variant
     return tags
@@ -79,7 +87,13 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         _log_json(child, "label_subset.json", [labels["train_ids"][i] for i in subset.tolist()])
         labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels["train"][subset],
                                                       inputs["val"], labels["val"])))
-        encoders = [e.to(device) for e in load_encoders(weights)] if ft.init == "pretrained" else None
+        if ft.unlabelled is not None:  # every training image whose label this cell does not have
+            others = torch.ones(len(inputs["train"]), dtype=torch.bool)
+            others[subset] = False
+            labelled.x_unlabelled = inputs["train"][others]  # batches go to the device as they are drawn
+        keeps_decoders = ft.unlabelled is not None and ft.unlabelled.objective == "reconstruction"
+        encoders = ([m.to(device) for m in (load_stages(weights) if keeps_decoders else load_encoders(weights))]
+                    if ft.init == "pretrained" else None)
         tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
                       then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
         model, result = tuned.model, tuned.result

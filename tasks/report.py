@@ -37,7 +37,8 @@ def summarize_ablation(parent_run_id: str, pipeline: str, rows: list[dict], data
         for column in summary.columns:
             if column.startswith("gain"):
                 metrics[f"{column}/{labels}"] = row[column]
-    tracking.log_metrics(mlf, parent_run_id, metrics)
+    # MLflow names take no '+': pretrained+pseudo_label is logged as pretrained_plus_pseudo_label
+    tracking.log_metrics(mlf, parent_run_id, {key.replace("+", "_plus_"): value for key, value in metrics.items()})
     table = summary.round(3).to_dict(orient="records")
     create_table_artifact(table=table, key=f"{pipeline.lower()}-summary".replace("_", "-"),
                           description=markdown)

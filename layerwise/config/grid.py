@@ -26,10 +26,24 @@ def cells(cfg: PipelineConfig) -> list[PipelineConfig]:
     stacks = {name: variant_stack(cfg, name) for name in grid.variants} or {None: cfg}
     # the scratch control has no stack: one set of its cells serves every variant
     methods = [(init, variant, stack) for init in grid.inits
-               for variant, stack in (stacks.items() if init == "pretrained" else [(None, cfg)])]
+               for variant, stack in (stacks.items() if init.startswith("pretrained") else [(None, cfg)])]
     return [stack.model_copy(update={"ablation": None, "variant": variant, "finetune": cfg.finetune.model_copy(
-                update={**spec, "seed": seed, "init": init})})
+                update={**spec, "seed": seed, **init_settings(cfg, init)})})
             for spec in specs for seed in grid.seeds for init, variant, stack in methods]
+
+
+def init_settings(cfg: PipelineConfig, init: str) -> dict:
+    """An ablation init as fine-tune keys: 'pretrained' / 'scratch' use no unlabelled objective (the
+    plain greedy rows); 'pretrained+pseudo_label' adds that objective, with finetune.unlabelled's
+    settings where it names the same objective, else the objective's defaults."""
+    from layerwise.config.schema import UnlabelledConfig
+
+    base, _, objective = init.partition("+")
+    if not objective:
+        return {"init": base, "unlabelled": None}
+    given = cfg.finetune.unlabelled
+    same = given is not None and given.objective == objective
+    return {"init": base, "unlabelled": given if same else UnlabelledConfig(objective=objective)}
 
 
 def variant_stack(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -47,8 +61,10 @@ def stacks(cfg: PipelineConfig) -> list[PipelineConfig]:
 
 
 def method(cell: PipelineConfig) -> str:
-    """What a fine-tune starts from: scratch, pretrained, or the variant's name."""
-    return cell.variant if cell.finetune.init == "pretrained" and cell.variant else cell.finetune.init
+    """What a fine-tune starts from (scratch, pretrained, or the variant's name) and, after a '+',
+    the unlabelled objective it adds."""
+    start = cell.variant if cell.finetune.init == "pretrained" and cell.variant else cell.finetune.init
+    return start + (f"+{cell.finetune.unlabelled.objective}" if cell.finetune.unlabelled else "")
 
 
 def cell_name(cell: PipelineConfig) -> str:

@@ -269,8 +269,39 @@ def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
 TrainingOverrides = _partial(TrainingConfig, "TrainingOverrides")
 
 
+UnlabelledObjective = Literal["pseudo_label", "reconstruction", "consistency"]
+UNLABELLED_WEIGHTS = {"pseudo_label": 3.0, "reconstruction": 1.0, "consistency": 10.0}
+
+
+class UnlabelledConfig(Strict):
+    """finetune.unlabelled: an objective on the training images whose labels the fine-tune does
+    not have, added to the labelled loss (layerwise/unlabelled.py)."""
+    objective: UnlabelledObjective = Field(..., description="pseudo_label (Lee 2013), reconstruction (the "
+                                                            "pretrained decoders kept, each layer's denoising "
+                                                            "loss continued) or consistency (two noisy passes)")
+    weight: Optional[float] = Field(None, gt=0, description="the final weight; default: pseudo_label 3 (Lee's "
+                                                            "alpha_f), reconstruction 1, consistency 10")
+    ramp: list[float] = Field([0.1, 0.6], min_length=2, max_length=2,
+                              description="the weight rises linearly from 0 at this share of the fine-tune's steps "
+                                          "to its final value at that share (Lee's T1, T2 as shares of the run)")
+    batch_size: int = Field(256, ge=1, description="unlabelled images per step")
+    noise: float = Field(0.2, ge=0, lt=1, description="masking noise on unlabelled inputs (reconstruction: each "
+                                                      "layer's input; consistency: each of the two passes)")
+
+    @model_validator(mode="after")
+    def _ramp_in_order(self):
+        if not 0 <= self.ramp[0] <= self.ramp[1] <= 1:
+            raise ValueError(f"ramp {self.ramp} must be two shares 0 <= start <= end <= 1")
+        return self
+
+    def weight_in_force(self) -> float:
+        return self.weight if self.weight is not None else UNLABELLED_WEIGHTS[self.objective]
+
+
 class FinetuneConfig(TrainingConfig):
     init: Literal["pretrained", "scratch"] = "pretrained"
+    unlabelled: Optional[UnlabelledConfig] = Field(
+        None, description="what the fine-tune does with the unlabelled training images (none: nothing)")
     labels: Union[int, Literal["all"], None] = Field(None, description="labelled images, class-balanced; 'all' = every training image")
     label_fraction: Optional[float] = Field(None, gt=0, le=1, description="alternative to labels: a fraction of the training images")
     seed: Seed = Field(0, description="draws the labelled subset, the output layer and the batch order")
@@ -288,6 +319,10 @@ class FinetuneConfig(TrainingConfig):
     def _one_label_spec(self):
         if self.labels is not None and self.label_fraction is not None:
             raise ValueError("give either labels or label_fraction, not both")
+        u = self.unlabelled
+        if u and u.objective == "consistency" and u.noise == 0 and self.dropout == 0 and self.input_dropout == 0:
+            raise ValueError("unlabelled.objective consistency needs noise (unlabelled.noise, dropout or "
+                             "input_dropout): two identical passes agree by construction")
         return self
 
 
@@ -299,8 +334,9 @@ class AblationConfig(Strict):
     labels: list[LabelSpec] = Field(default_factory=list, description="label counts (or 'all')")
     label_fractions: list[float] = Field(default_factory=list, description="fractions in (0, 1]")
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
-    inits: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"],
-                                                          min_length=1)
+    inits: list[str] = Field(default_factory=lambda: ["pretrained", "scratch"], min_length=1,
+                             description="pretrained, scratch, or either + an unlabelled objective "
+                                         "(pretrained+pseudo_label, scratch+reconstruction, ...)")
     workers: int = Field(2, ge=1, description="cells fine-tuned at once")
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch threads per cell; "
                                                                       "default: cores // workers")
@@ -309,6 +345,19 @@ class AblationConfig(Strict):
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="name -> layer keys set on every layer (e.g. {contractive: 0.1, l1: 0}): "
                                           "one pretrained stack per variant, each fine-tuned on the whole grid")
+
+    @field_validator("inits")
+    @classmethod
+    def _inits_are_methods(cls, value: list[str]):
+        objectives = UnlabelledObjective.__args__
+        for init in value:
+            base, _, objective = init.partition("+")
+            if base not in ("pretrained", "scratch") or (objective and objective not in objectives):
+                raise ValueError(f"{init!r} is not an init: pretrained or scratch, optionally +"
+                                 f"{'|'.join(objectives)} (e.g. pretrained+pseudo_label)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} repeats an init")
+        return value
 
     @field_validator("variants")
     @classmethod

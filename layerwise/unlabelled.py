@@ -1,0 +1,141 @@
+"""What a fine-tune does with the training images whose labels it does not have: an objective on
+unlabelled batches added to the labelled loss (finetune.unlabelled). The labelled part is left
+exactly as it is; each step also draws an unlabelled batch (its own generator) and adds
+
+    weight(step) * objective(unlabelled batch)
+
+- pseudo_label (Lee 2013): the network's own most confident class is the target (cross-entropy),
+  weight ramped from 0 to its final value between two points of the fine-tune (Lee's T1, T2);
+- reconstruction: each pretrained layer's autoencoder is kept (its encoder *is* the classifier's
+  hidden layer, its decoder is trained too) and its denoising reconstruction loss on the unlabelled
+  batch continues, so the code keeps describing the images;
+- consistency (the Pi-model of Laine & Aila 2017): two passes with independent dropout and input
+  noise must give the same class probabilities (squared difference of the softmaxes).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.datasets.source import to_unit
+from layerwise.losses import reconstruction_loss
+from layerwise.models import Classifier, Reconstructor, reset_linear
+
+
+def ramp(step: int, total: int, weight: float, start: float, end: float) -> float:
+    """Lee (2013)'s schedule over a fine-tune of `total` steps: 0 before start*total, then rising
+    linearly to `weight` at end*total, `weight` after."""
+    t1, t2 = start * total, end * total
+    if step < t1:
+        return 0.0
+    if step >= t2 or t2 <= t1:
+        return weight
+    return weight * (step - t1) / (t2 - t1)
+
+
+def pseudo_label_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the network's own most confident class (no gradient through the target)."""
+    return F.cross_entropy(logits, logits.detach().argmax(dim=1))
+
+
+def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two passes' class probabilities (per image, summed over classes)."""
+    return (logits_a.softmax(dim=1) - logits_b.softmax(dim=1)).pow(2).sum(dim=1).mean()
+
+
+def masked(x: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
+    """Masking noise from the fine-tune's own generator (drawn on the CPU, as Classifier's dropout)."""
+    if level <= 0:
+        return x
+    keep = (torch.rand(x.shape, generator=generator, dtype=x.dtype) >= level).to(x.device, non_blocking=True)
+    return x * keep
+
+
+def stack_reconstruction_loss(model: Classifier, x: torch.Tensor, noise: float,
+                              generator: torch.Generator) -> torch.Tensor:
+    """Sum over the layers of each kept autoencoder's reconstruction loss of its own input (the
+    codes below it, clean), from a masked copy of that input: the greedy objective, continued."""
+    total, h = None, x
+    for autoencoder in model.autoencoders:
+        _, out = autoencoder(masked(h, noise, generator))
+        loss = reconstruction_loss(out.float(), h, autoencoder.loss)
+        total = loss if total is None else total + loss
+        h = autoencoder.encoder(h)
+    return total
+
+
+def attach_autoencoders(model: Classifier, autoencoders: list[Reconstructor]) -> Classifier:
+    """Keep each layer's autoencoder beside the classifier, its encoder being the classifier's
+    hidden layer (the same module: one set of weights); its decoder trains with the fine-tune."""
+    for block, autoencoder in zip(model.hidden, autoencoders):
+        autoencoder.encoder = block
+        if hasattr(autoencoder.decoder, "encoder_linear"):  # tied: decode with this encoder's weight
+            autoencoder.decoder.encoder_linear = [block[0]]
+        if hasattr(autoencoder.decoder, "encoder_conv"):
+            autoencoder.decoder.encoder_conv = [block[0]]
+    model.autoencoders = nn.ModuleList(autoencoders)
+    return model
+
+
+def fresh_decoders(autoencoders: list[Reconstructor], generator: torch.Generator) -> list[Reconstructor]:
+    """Decoders drawn from generator (a scratch control's: no pretrained decoder to keep)."""
+    for autoencoder in autoencoders:
+        for module in autoencoder.decoder.modules():
+            if isinstance(module, nn.Linear):
+                reset_linear(module, generator)
+            elif isinstance(module, nn.ConvTranspose2d):
+                nn.init.kaiming_uniform_(module.weight, a=5 ** 0.5, generator=generator)
+                nn.init.zeros_(module.bias)
+    return autoencoders
+
+
+def detach_autoencoders(model: Classifier) -> Classifier:
+    """The trained classifier alone (the decoders were a training aid)."""
+    if getattr(model, "autoencoders", None) is not None:
+        del model.autoencoders
+    return model
+
+
+@dataclass
+class UnlabelledObjective:
+    """The unlabelled part of a fine-tune: config (an UnlabelledConfig), the images, the total steps."""
+    config: object
+    images: torch.Tensor  # every training image whose label the cell does not have (pixels, any device)
+    total_steps: int
+    generator: torch.Generator  # unlabelled batches and their noise: the labelled stream is untouched
+
+    def loss(self, model: Classifier, step: int, device: torch.device, head_only: bool) -> Optional[torch.Tensor]:
+        """weight(step) * the objective on a fresh unlabelled batch; None while the weight is 0 (or
+        when nothing it trains can learn: reconstruction while only the output layer learns)."""
+        cfg = self.config
+        weight = ramp(step, self.total_steps, cfg.weight_in_force(), cfg.ramp[0], cfg.ramp[1])
+        if weight == 0 or not len(self.images) or (head_only and cfg.objective == "reconstruction"):
+            return None
+        pick = torch.randint(len(self.images), (cfg.batch_size,), generator=self.generator)
+        x = to_unit(self.images[pick].to(device, non_blocking=True))
+        labelled_noise, model.noise = model.noise, self.generator  # dropout masks of these passes: ours
+        try:
+            if cfg.objective == "pseudo_label":
+                value = pseudo_label_loss(model(x).float())
+            elif cfg.objective == "consistency":
+                value = consistency_loss(model(masked(x, cfg.noise, self.generator)).float(),
+                                         model(masked(x, cfg.noise, self.generator)).float())
+            else:
+                value = stack_reconstruction_loss(model, x, cfg.noise, self.generator)
+        finally:
+            model.noise = labelled_noise
+        return weight * value
+
+
+def copy_trainable(modules: list[nn.Module]) -> list[nn.Module]:
+    """Copies of (frozen) stages, trainable again; the stages themselves are left untouched."""
+    copies = [copy.deepcopy(m) for m in modules]
+    for m in copies:
+        m.requires_grad_(True)
+        m.train()
+    return copies
