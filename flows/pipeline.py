@@ -27,7 +27,7 @@ from tasks.finetune import finetune
 from tasks.logs import run_logger
 from tasks.pretrain import StackFiles, pretrain_layer
 from tasks.results import RunResult
-from tasks.runs import open_pipeline_run, record_results
+from tasks.runs import open_pipeline_run, record_datasets, record_results, run_note
 
 
 def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[StackFiles, Splits]:
@@ -74,6 +74,7 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
     try:
         with tracking.run_status(tracking.client(), run.parent_run_id):
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
+            record_datasets(run.parent_run_id, data)
             stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
                 # on the device once, not per batch, when the pixels and the codes fit there
@@ -102,7 +103,8 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
                 result.retrieval = {space: retrieval(run, cfg.retrieval, data, str(path), space or "stack")
                                     for space, path in codes.items()}
             result.wall_seconds = time.perf_counter() - started
-            record_results(run.parent_run_id, {**outcome.parent_metrics(), "wall_seconds": result.wall_seconds})
+            record_results(run.parent_run_id, {**outcome.parent_metrics(), "wall_seconds": result.wall_seconds},
+                           run_note(pipeline, cfg, outcome, result.wall_seconds))
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
     return result

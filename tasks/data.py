@@ -11,6 +11,7 @@ from layerwise.config import DataConfig
 from layerwise.data import split_source
 from layerwise.datasets import load_source
 from layerwise.paths import work_root
+from tasks.datasets import split
 from tasks.logs import run_logger
 
 
@@ -19,6 +20,13 @@ class DataFiles:
     """The run's splits on disk: what ablation cells (threads or Dask workers) and analyses read."""
     inputs: str  # inputs.pt: {"train", "val", "test"} pixels in [0, 1], one row per image
     labels: str  # labels.pt: the labels, each image's identity in the source, the class names
+    source_uri: str = ""  # where the images came from (a folder or file): MLflow's dataset source
+    fingerprint: str = ""  # the source's content fingerprint
+    dataset: str = ""     # the data's short name, e.g. "MNIST"
+    splits: tuple = ()    # tasks.datasets.Split of training, validation, test (and the unlabelled pool)
+
+    def datasets(self, *contexts: str) -> list:
+        return [s for s in self.splits if s.context in contexts]
 
 
 def decode_cache() -> Path:
@@ -48,4 +56,23 @@ def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
     run_logger().info(f"{source.what}: {splits.n_labelled} labelled training images"
                       + (f" + {unlabelled} unlabelled (pretraining only)" if unlabelled else "")
                       + f", {len(splits.x_val)} validation, {len(splits.x_test)} test images")
-    return DataFiles(str(inputs), str(labels))
+    name = cfg.name if cfg.source == "torchvision" else ("MNIST" if cfg.source == "mnist" else Path(cfg.path).name)
+    n_test = len(splits.x_test)
+    pool = [f"unlabelled:{i}" for i in range(len(splits.x_train) - splits.n_labelled)]
+    found = (split("training", name, source.fingerprint, splits.train_ids + pool),
+             split("validation", name, source.fingerprint, splits.val_ids),
+             split("test", name, source.fingerprint, [f"test:{i}" for i in range(n_test)]))
+    if pool:
+        found += (split("unlabelled pool", name, source.fingerprint, pool),)
+    return DataFiles(str(inputs), str(labels), source_uri(cfg, Path(data_root)), source.fingerprint, name, found)
+
+
+def source_uri(cfg: DataConfig, root: Path) -> str:
+    """The folder or file a source's images came from."""
+    if cfg.source == "mnist":
+        from layerwise.data import raw_dir
+
+        return str(raw_dir(root).resolve())
+    if cfg.source == "torchvision":
+        return str((root / cfg.name).resolve())
+    return str(Path(cfg.path).expanduser().resolve())

@@ -23,6 +23,7 @@ from layerwise.transfer import freeze
 from tasks import tracking
 from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles
+from tasks.datasets import log_datasets, split
 from tasks.logs import epoch_reporter, run_logger, then
 from tasks.results import CellResult
 
@@ -84,7 +85,11 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         device = run.torch_device  # only what the cell trains on goes there
         subset = label_subset(labels["train"], n_labels, ft.seed)
         # the images by their identity in the source: an index, or a path relative to the folder
-        _log_json(child, "label_subset.json", [labels["train_ids"][i] for i in subset.tolist()])
+        chosen = [labels["train_ids"][i] for i in subset.tolist()]
+        _log_json(child, "label_subset.json", chosen)
+        log_datasets(child.mlf, child.id, data.source_uri,
+                     [split("labelled subset", data.dataset, data.fingerprint, chosen)]
+                     + data.datasets("validation", *(() if trial else ("test",))))
         labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels["train"][subset],
                                                       inputs["val"], labels["val"])))
         if ft.unlabelled is not None:  # every training image whose label this cell does not have

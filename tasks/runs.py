@@ -14,12 +14,35 @@ from tasks import tracking
 from tasks.logs import run_logger
 
 
+NOTE_TAG = "mlflow.note.content"  # the run page's description (markdown)
+
+
 def run_title(pipeline: str, cfg: PipelineConfig) -> str:
+    """What the run is, as the runs table shows it: a fine-tune, a grid (its axes), an unroll."""
     if cfg.unroll:
-        return f"{pipeline} · deep autoencoder {'-'.join(map(str, cfg.sizes))} · seed {cfg.seed}"
+        title = f"{pipeline} · deep autoencoder {cfg.shape_text()} · seed {cfg.seed}"
+        return title + (f" · retrieval k={cfg.retrieval.k}" if cfg.retrieval else "")
+    if cfg.ablation:
+        grid = cfg.ablation
+        labels = [str(n) for n in grid.labels] + [f"{f:g} of" for f in grid.label_fractions]
+        methods = ([*grid.variants] if grid.variants else []) + \
+            [i for i in grid.inits if not (grid.variants and i == "pretrained")]
+        kind = "variant grid" if grid.variants else "grid"
+        return (f"{pipeline} · {kind} {'/'.join(labels)} labels × {len(grid.seeds)} seed(s) × {'/'.join(methods)} "
+                f"({len(cfg.cells())} fine-tunes)")
     ft = cfg.finetune
     labels = "all labels" if cfg.n_labels() == cfg.data.n_train else f"{cfg.n_labels()} labels"
-    return f"{pipeline} · {ft.init} · {labels} · seed {ft.seed}"
+    start = ft.init + (f"+{ft.unlabelled.objective}" if ft.unlabelled else "")
+    return f"{pipeline} · {cfg.shape_text()} · {start} · {labels} · seed {ft.seed}"
+
+
+def run_note(pipeline: str, cfg: PipelineConfig, outcome, wall_seconds: float) -> str:
+    """The parent's description (MLflow's `mlflow.note.content`, shown on the run page): what ran,
+    on what data, and what came out (an ablation's summary table too)."""
+    details = outcome.details() if hasattr(outcome, "details") else ""
+    return (f"**{pipeline}**: {cfg.description or run_title(pipeline, cfg)}\n\n"
+            f"- stack {cfg.shape_text()}, pretrained greedily on {cfg.data.describe()}\n"
+            f"- result: {outcome.headline()}\n- wall time {wall_seconds:.0f} s\n" + (f"\n{details.strip()}\n" if details else ""))
 
 
 def remove_scratch(run_ids: list[str]) -> None:
@@ -58,5 +81,18 @@ def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | Non
 
 
 @task(name="record-results", retries=2, retry_delay_seconds=2)
-def record_results(run_id: str, metrics: dict[str, float]) -> None:
-    tracking.log_metrics(tracking.client(), run_id, metrics)
+def record_results(run_id: str, metrics: dict[str, float], note: str = "") -> None:
+    """The parent's metrics and (note) its description."""
+    mlf = tracking.client()
+    tracking.log_metrics(mlf, run_id, metrics)
+    if note:
+        mlf.set_tag(run_id, NOTE_TAG, note)
+
+
+@task(name="record-datasets", retries=2, retry_delay_seconds=2)
+def record_datasets(run_id: str, data, contexts: tuple[str, ...] = ("training", "validation", "test",
+                                                                     "unlabelled pool")) -> None:
+    """The run's splits as its MLflow dataset inputs (data: tasks.data.DataFiles)."""
+    from tasks.datasets import log_datasets
+
+    log_datasets(tracking.client(), run_id, data.source_uri, data.datasets(*contexts))

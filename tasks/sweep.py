@@ -19,6 +19,7 @@ from layerwise.paths import work_root
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
+from tasks.datasets import log_datasets
 from tasks.logs import run_logger
 from tasks.runs import remove_scratch
 
@@ -108,6 +109,7 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
         try:
             tracking.log_params(mlf, run_id, {**{f"trial.{mlflow_key(key)}": value for key, value in params.items()},
                                               **flatten(cfg.model_dump(exclude={"sweep"}))})
+            log_datasets(mlf, run_id, data.source_uri, data.datasets("training", "validation"))
             run = RunContext(run_id, sweep_run.experiment_id, sweep_run.pipeline,
                              sweep_run.workdir / f"trial-{number}", sweep_run.device)
             stack = StackFiles()
