@@ -27,7 +27,7 @@ from tasks.finetune import finetune
 from tasks.logs import run_logger
 from tasks.pretrain import StackFiles, pretrain_layer
 from tasks.results import RunResult
-from tasks.runs import open_pipeline_run, record_datasets, record_results, run_note
+from tasks.runs import open_pipeline_run, record_datasets, record_results, run_note, system_metrics
 
 
 def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[StackFiles, Splits]:
@@ -72,7 +72,8 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,
                      work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}", str(device))
     try:
-        with tracking.run_status(tracking.client(), run.parent_run_id):
+        with tracking.run_status(tracking.client(), run.parent_run_id), system_metrics(run.parent_run_id,
+                                                                                        cfg.system_metrics):
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             record_datasets(run.parent_run_id, data)
             stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches

@@ -28,6 +28,7 @@ from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
+from tasks.runs import system_metrics
 from tasks.sweep import FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
     run_trial
 
@@ -108,7 +109,7 @@ def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, check
     log = run_logger()
     mlf = tracking.client()
     try:
-        with tracking.run_status(mlf, run.parent_run_id):
+        with tracking.run_status(mlf, run.parent_run_id), system_metrics(run.parent_run_id, cfg.system_metrics):
             again = recover(study, tracking.process_alive)
             if again:
                 log.warning(f"trial(s) {', '.join(map(str, again))} did not finish (their process died or was "

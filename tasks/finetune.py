@@ -25,6 +25,7 @@ from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets, split
 from tasks.logs import epoch_reporter, run_logger, then
+from tasks.registry import VAL_TAG, describe_version, promote_if_better
 from tasks.results import CellResult
 
 STAGE = "finetune"
@@ -108,9 +109,14 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
                           None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)
         child.metrics(cell.metrics(), step=result.best_epoch)
         run_logger().info(f"[{name}] {cell.headline()} (kept epoch {result.best_epoch}, {ft.keep})")
-        if register_model and not trial:
+        if register_model and not trial and (ft.init == "pretrained" or cfg.register_scratch):
             # logged from the CPU: a model trained on a GPU loads and predicts on any machine
-            _log_model(child.id, model.cpu().eval(), f"{run.pipeline}-classifier", to_unit(inputs["test"][:4]))
+            registered = f"{run.pipeline}-classifier"
+            version = _log_model(child.id, model.cpu().eval(), registered, to_unit(inputs["test"][:4]))
+            describe_version(child.mlf, registered, version, {
+                "pipeline": run.pipeline, "labels": n_labels, "init": cfg.method(), "seed": ft.seed,
+                VAL_TAG: cell.kept_val_accuracy, "test_error": cell.test_error, "run_id": child.id})
+            promote_if_better(child.mlf, registered, version, cell.kept_val_accuracy)
         if cache_key:
             store.put(cache_key, {}, {"run_id": child.id, "tracking_uri": tracking.tracking_uri(),
                                       "metrics": cell.metrics()})
@@ -138,10 +144,12 @@ def prepare_model_logging() -> None:
         build_map()
 
 
-def _log_model(run_id: str, model: torch.nn.Module, registered_name: str, example: torch.Tensor) -> None:
+def _log_model(run_id: str, model: torch.nn.Module, registered_name: str, example: torch.Tensor) -> str:
+    """Logs the classifier to run_id and registers it; returns the new version."""
     # log_model needs the fluent active run, which is per thread: bind it to this run explicitly
     with mlflow.start_run(run_id=run_id, nested=True):
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             model, name="classifier", registered_model_name=registered_name,
             input_example=example.numpy(), code_paths=[str(PROJECT_ROOT / "layerwise")],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], await_registration_for=60)
+    return str(info.registered_model_version)

@@ -1,9 +1,11 @@
 """The parent MLflow run of one pipeline execution."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 from prefect import task
@@ -96,3 +98,24 @@ def record_datasets(run_id: str, data, contexts: tuple[str, ...] = ("training", 
     from tasks.datasets import log_datasets
 
     log_datasets(tracking.client(), run_id, data.source_uri, data.datasets(*contexts))
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, every: float) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where NVIDIA's library is present)
+    sampled every `every` seconds onto the run, as `system/...`; every = 0: off."""
+    if not every:
+        yield
+        return
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per start and stop
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=every, samples_before_logging=1,
+                                   tracking_uri=tracking.tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

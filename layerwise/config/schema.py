@@ -470,6 +470,11 @@ class PipelineConfig(Strict):
     precision: Precision = Field("fp32", description="fp32, or bf16: forward passes in bfloat16 under autocast "
                                                      "(weights, optimizer and losses fp32); part of the store keys")
     tf32: bool = Field(False, description="CUDA only: TF32 matmuls (faster; not bit-identical to fp32)")
+    register_scratch: bool = Field(False, description="register a scratch control's classifier too (by default "
+                                                      "only pretrained ones are registered)")
+    system_metrics: float = Field(10.0, ge=0, description="seconds between samples of the machine's CPU, memory "
+                                                          "(and GPU) use on the parent run (MLflow's system "
+                                                          "metrics); 0 = off")
 
     @field_validator("device")
     @classmethod
