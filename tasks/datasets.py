@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 
 CONTEXT_TAG = "mlflow.data.context"  # how MLflow labels a dataset's role on a run (train, eval, ...)
 
@@ -38,7 +41,18 @@ def log_datasets(mlf, run_id: str, source_uri: str, splits: Sequence[Split]) -> 
     """The splits as the run's inputs (shown in the Dataset column and on the run page)."""
     if not splits:
         return
-    source = resolve_dataset_source(source_uri)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both ways are a local path
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(source_uri)
     inputs = [DatasetInput(MetaDataset(source, s.name, s.digest)._to_mlflow_entity(), [InputTag(CONTEXT_TAG, s.context)])
               for s in splits]
-    mlf.log_inputs(run_id, datasets=inputs)
+    for attempt in range(3):
+        try:
+            mlf.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            # cells running at once register the same dataset (validation, test): the store's insert
+            # of one loses to the other's; the dataset then exists, and the next try links it
+            if "UNIQUE constraint" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))

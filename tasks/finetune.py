@@ -79,7 +79,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         if cached:
             metrics = cached.meta["metrics"]
             run_logger().info(f"[{name}] reused the cell finished by MLflow run {cached.meta['run_id']}")
-            child.metrics(metrics, step=int(metrics["best_epoch"]))
+            child.metrics(metrics)
             return CellResult(child.id, cached.meta["run_id"], n_labels, **metrics)
         inputs = torch.load(data.inputs, weights_only=True)
         labels = torch.load(data.labels, weights_only=True)
@@ -107,7 +107,9 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"])
         cell = CellResult(child.id, child.id, n_labels, float(result.best_epoch), result.seconds, test_accuracy,
                           None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)
-        child.metrics(cell.metrics(), step=result.best_epoch)
+        # at step 0: one value per cell (the kept epoch is best_epoch), which the UI draws as bars that
+        # compare across cells whatever epoch each kept
+        child.metrics(cell.metrics())
         run_logger().info(f"[{name}] {cell.headline()} (kept epoch {result.best_epoch}, {ft.keep})")
         if register_model and not trial and (ft.init == "pretrained" or cfg.register_scratch):
             # logged from the CPU: a model trained on a GPU loads and predicts on any machine
