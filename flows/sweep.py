@@ -28,7 +28,7 @@ from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
-from tasks.runs import system_metrics
+from tasks.runs import NOTE_TAG, system_metrics
 from tasks.sweep import FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
     run_trial
 
@@ -195,7 +195,12 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
                "trials_failed": sum(s == TrialState.FAIL for s in states)}
     if best is not None:
         metrics[f"best_{objective}"] = best.value
-    record_sweep(run.parent_run_id, table.to_csv(index=False), figures, best and best.params, best_text, metrics)
+    note = (f"**{run.pipeline}** sweep, study `{study_id}`: {metrics['trials_finished']} trial(s) finished "
+            f"({metrics['trials_pruned']} pruned, {metrics['trials_failed']} failed), judged on {objective} "
+            f"(validation)\n\n" + (f"- best: trial {best.number}, {objective} {best.value:.4f}: " + ", ".join(
+                f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in best.params.items())
+                + "\n- `best.yaml` runs it: `layerwise run --config best.yaml`\n" if best else "- no trial finished\n"))
+    record_sweep(run.parent_run_id, table.to_csv(index=False), figures, best and best.params, best_text, metrics, note)
     if best is None and metrics["trials_failed"]:
         raise RuntimeError(f"all {metrics['trials_failed']} finished trial(s) of study {study_id} failed: their runs "
                            f"and the log above say why")
@@ -218,6 +223,7 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
     result.final = final
     test = final.outcome.parent_metrics()
     tracking.log_metrics(mlf, run.parent_run_id, {f"final_{k}": v for k, v in test.items() if k.startswith("test")})
+    mlf.set_tag(run.parent_run_id, NOTE_TAG, note + f"- final run, its test split read once: {final.outcome.headline()}\n")
     return result
 
 

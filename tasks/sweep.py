@@ -21,7 +21,7 @@ from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets
 from tasks.logs import run_logger
-from tasks.runs import remove_scratch
+from tasks.runs import NOTE_TAG, remove_scratch
 
 KIND_TAG = "layerwise.kind"            # sweep, trial (a sweep's final run: sweep_final)
 STUDY_TAG = "layerwise.sweep_study"    # the Optuna study a sweep run, trial or final run belongs to
@@ -146,7 +146,7 @@ def _short(value: Any) -> str:
 
 @task(name="record-sweep", retries=2, retry_delay_seconds=2)
 def record_sweep(run_id: str, table_csv: str, figures: list[Path], best: Optional[dict], best_yaml: Optional[str],
-                 metrics: dict[str, float]) -> None:
+                 metrics: dict[str, float], note: str = "") -> None:
     """The parent's summary, rewritten as the sweep goes: trials.csv, the figures, the best trial's
     parameters (as tags `best.KEY`: a resumed sweep's best may change, which params cannot) and
     best.yaml, and the counts and best objective as metrics."""
@@ -164,6 +164,8 @@ def record_sweep(run_id: str, table_csv: str, figures: list[Path], best: Optiona
     for key, value in (best or {}).items():
         mlf.set_tag(run_id, f"best.{mlflow_key(key)}", str(value))
     tracking.log_metrics(mlf, run_id, metrics)
+    if note:
+        mlf.set_tag(run_id, NOTE_TAG, note)
 
 
 def best_yaml(pipeline: str, raw: dict) -> str:

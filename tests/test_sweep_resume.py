@@ -75,6 +75,9 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_its_trials(tracking, tmp_pa
     assert parent.data.metrics["final_test_error"] == final.data.metrics["test_error"]
     assert parent.data.metrics["best_val_accuracy"] == best.value
     assert parent.data.tags["best.finetune.lr"] == str(best.params["finetune.lr"])
+    assert parent.info.run_name == "smoke-sweep · sweep · 3 trials · val_accuracy (tpe)"
+    note = parent.data.tags["mlflow.note.content"]  # the description on the run page
+    assert f"best: trial {best.number}" in note and "final run, its test split read once: test error" in note
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
         {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"best.yaml", "trials.csv", "figures/objective-by-trial.png"} <= artifacts
