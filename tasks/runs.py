@@ -54,6 +54,18 @@ def remove_scratch(run_ids: list[str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def experiment_for(mlf, pipeline: str) -> str:
+    """The pipeline's experiment (created if new), after ending KILLED the runs a dead process left
+    RUNNING there and removing their scratch folders."""
+    experiment_id = tracking.ensure_experiment(mlf, pipeline)
+    stale = tracking.mark_stale_runs(mlf, experiment_id)
+    if stale:
+        run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
+                             f"{', '.join(stale)}")
+        remove_scratch(stale)
+    return experiment_id
+
+
 @task(name="open-pipeline-run", retries=2, retry_delay_seconds=2)
 def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | None = None,
                       device: str = "cpu", parent_of: str | None = None,
@@ -62,12 +74,7 @@ def open_pipeline_run(pipeline: str, cfg: PipelineConfig, flow_run_id: str | Non
     extra tags); logs the resolved config as YAML, and the device it computes on (as resolved here:
     'cuda:0 (NVIDIA H100 80GB HBM3)')."""
     mlf = tracking.client()
-    experiment_id = tracking.ensure_experiment(mlf, pipeline)
-    stale = tracking.mark_stale_runs(mlf, experiment_id)
-    if stale:
-        run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
-                             f"{', '.join(stale)}")
-        remove_scratch(stale)
+    experiment_id = experiment_for(mlf, pipeline)
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.DEVICE_TAG: device, **(tags or {})}
     if cfg.finetune:
         tags["layerwise.init"] = cfg.finetune.init

@@ -21,7 +21,7 @@ from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets
 from tasks.logs import run_logger
-from tasks.runs import NOTE_TAG, remove_scratch
+from tasks.runs import NOTE_TAG, experiment_for
 
 KIND_TAG = "layerwise.kind"            # sweep, trial (a sweep's final run: sweep_final)
 STUDY_TAG = "layerwise.sweep_study"    # the Optuna study a sweep run, trial or final run belongs to
@@ -49,12 +49,7 @@ def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str,
     owned by this process), else a new one with the pipeline's and the sweep's settings as params.
     Runs a dead process left RUNNING (its trial, that trial's stages) end KILLED first."""
     mlf = tracking.client()
-    experiment_id = tracking.ensure_experiment(mlf, pipeline)
-    stale = tracking.mark_stale_runs(mlf, experiment_id)
-    if stale:
-        run_logger().warning(f"marked {len(stale)} run(s) KILLED that a dead process had left RUNNING: "
-                             f"{', '.join(stale)}")
-        remove_scratch(stale)
+    experiment_id = experiment_for(mlf, pipeline)
     found = mlf.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'sweep'",
                             order_by=["attributes.start_time ASC"], max_results=1)
     title = sweep_title(pipeline, cfg, objective)
