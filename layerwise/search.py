@@ -82,11 +82,10 @@ def recover(study: optuna.Study, alive: Callable[[str], bool]) -> list[int]:
         if stale:
             storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "process gone")
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        else:
-            storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted, asked again")
+        # an interrupted trial is finished (FAIL) and cannot be changed: its re-asked twin says so
         if not any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
             study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
-        again.append(trial.number)
+            again.append(trial.number)
     return again
 
 

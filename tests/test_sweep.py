@@ -104,3 +104,17 @@ def test_a_resumed_study_does_not_replay_the_first_processs_draws(tmp_path):
     fresh = open_study(sweep, "t", storage, maximise=True)  # a new study: the sweep's seed, reproducible
     assert suggest(fresh.ask(), sweep.space)["finetune.lr"] == drawn[0]
     assert isinstance(fresh.sampler, optuna.samplers.TPESampler)
+
+
+def test_an_interrupted_trial_is_asked_again_once(tmp_path):
+    sweep = _sweep()
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(sweep, "s", storage, maximise=True)
+    trial = study.ask()
+    params = suggest(trial, sweep.space)
+    study._storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted")  # as the sweep's Ctrl-C does
+    study.tell(trial, state=TrialState.FAIL)
+    study = open_study(sweep, "s", storage, maximise=True)
+    assert recover(study, alive=lambda identity: True) == [0] and finished(study) == 0
+    assert recover(study, alive=lambda identity: True) == []  # its twin is waiting: not enqueued twice
+    assert suggest(study.ask(), sweep.space) == params
