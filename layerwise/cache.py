@@ -20,18 +20,30 @@ from typing import Any, Callable, Optional, TypeVar
 
 PACKAGE = Path(__file__).resolve().parent
 TRAINING_SOURCES = ("models.py", "losses.py", "training.py", "data.py", "checkpoint.py", "encode.py",
-                    "transfer.py", "stack.py", "finetune.py", "unroll.py",
+                    "transfer.py", "stack.py", "finetune.py", "unroll.py", "unlabelled.py",
                     # how a source's images become pixels (decoding, layout, scaling, the held-out test split)
                     "datasets/source.py", "datasets/load.py", "datasets/mnist.py", "datasets/torchvision_source.py",
                     "datasets/folder.py", "datasets/arrays.py")
 
 
-def code_version() -> str:
+def _hash_sources(package: Path) -> str:
     digest = hashlib.sha256()
     for name in TRAINING_SOURCES:
         digest.update(name.encode())
-        digest.update((PACKAGE / name).read_bytes())
+        digest.update((package / name).read_bytes())
     return digest.hexdigest()[:12]
+
+
+# The version of the code this process runs: the sources as they were when it started. A sweep or
+# a server runs for hours while its sources are edited; keys read from disk then would store work
+# of the old code under the new code's key.
+_RUNNING = (PACKAGE, _hash_sources(PACKAGE))
+
+
+def code_version() -> str:
+    """The training code's version: of the code this process loaded, or (PACKAGE pointed at
+    another copy, as the tests do) of that copy as it is now."""
+    return _RUNNING[1] if PACKAGE == _RUNNING[0] else _hash_sources(PACKAGE)
 
 
 def content_key(payload: dict) -> str:

@@ -226,3 +226,14 @@ def test_editing_a_flow_a_task_or_other_code_keeps_the_code_version_and_the_stag
     _append_comment(sources / path)
     assert (sources / path).read_text().endswith("# an edit that changes no behaviour\n")
     assert _keys() == before
+
+
+def test_a_running_process_keys_by_the_code_it_loaded_not_by_later_edits(sources, monkeypatch):
+    """A sweep runs for hours while its sources are edited: its keys stay those of the code it runs."""
+    from layerwise import cache
+
+    monkeypatch.setattr(cache, "_RUNNING", (cache.PACKAGE, cache._hash_sources(cache.PACKAGE)))  # as at start
+    before = _keys()
+    _append_comment(sources / "layerwise" / "training.py")
+    assert _keys() == before
+    assert cache._hash_sources(cache.PACKAGE) != before[0]  # what a process started now would use
