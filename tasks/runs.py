@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import yaml
+from mlflow.entities import Metric
 from prefect import task
 
 from layerwise.config import PipelineConfig, flatten
@@ -107,22 +109,58 @@ def record_datasets(run_id: str, data, contexts: tuple[str, ...] = ("training", 
     log_datasets(tracking.client(), run_id, data.source_uri, data.datasets(*contexts))
 
 
+def _monitors() -> list:
+    """MLflow's own samplers: CPU and memory, disk, network, and NVIDIA GPUs where their library is."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
+    monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+    try:
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+        monitors.append(GPUMonitor())
+    except Exception:  # noqa: BLE001 - no NVIDIA library or no GPU: no GPU metrics
+        pass
+    return monitors
+
+
 @contextlib.contextmanager
 def system_metrics(run_id: str, every: float) -> Iterator[None]:
-    """MLflow's system metrics (CPU, memory, disk, network; GPU where NVIDIA's library is present)
-    sampled every `every` seconds onto the run, as `system/...`; every = 0: off."""
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network; GPU where
+    NVIDIA's library is present) sampled every `every` seconds by a thread, and written onto the
+    run when the block ends (every = 0: off). The thread only samples: a second writer to a sqlite
+    store during the run (MLflow's own monitor writes as it samples) was seen to leave the store
+    locked when an interrupt ended the run, so the runs could not be marked KILLED."""
     if not every:
         yield
         return
-    import logging
+    import threading
 
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    monitors, samples, stop = _monitors(), [], threading.Event()
 
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per start and stop
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=every, samples_before_logging=1,
-                                   tracking_uri=tracking.tracking_uri())
-    monitor.start()
+    def sample() -> None:
+        while not stop.wait(every):
+            metrics = {}
+            for monitor in monitors:
+                monitor.collect_metrics()
+                metrics.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+            samples.append((int(time.time() * 1000), metrics))
+
+    sampler = threading.Thread(target=sample, name="layerwise-system-metrics", daemon=True)
+    sampler.start()
+
+    def write() -> None:
+        stop.set()
+        sampler.join(timeout=5)
+        batch = [Metric(f"system/{key}", float(value), stamp, step)
+                 for step, (stamp, metrics) in enumerate(list(samples)) for key, value in metrics.items()]
+        for start in range(0, len(batch), 1000):
+            tracking.client().log_batch(run_id, metrics=batch[start:start + 1000])
     try:
         yield
-    finally:
-        monitor.finish()
+    except BaseException:
+        write()  # inside the except clause: the CLI's signal handler sees the interrupt on its way out
+        raise
+    write()
