@@ -160,7 +160,13 @@ def system_metrics(run_id: str, every: float) -> Iterator[None]:
             tracking.client().log_batch(run_id, metrics=batch[start:start + 1000])
     try:
         yield
+    except Exception:
+        try:  # a failed run keeps its samples, but their write must not replace the run's own error
+            write()
+        except Exception as exc:  # noqa: BLE001
+            run_logger().warning(f"system metrics not written: {exc}")
+        raise
     except BaseException:
-        write()  # inside the except clause: the CLI's signal handler sees the interrupt on its way out
+        stop.set()  # interrupted: nothing more is written, the runs must end KILLED first
         raise
     write()
