@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import torch
 
-from layerwise.datasets.source import Part, SourceData, check_source
+from layerwise.datasets.source import SourceData, check_source
 from layerwise.errors import DataError
 
 
