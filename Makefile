@@ -36,7 +36,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 # Not part of make test: speed, overhead, reuse, memory, scaling, and the whole `layerwise run quickstart`
-# against a bare PyTorch script (about 20 min on 2 cores; `ARGS="--only e2e"` for that line alone).
+# against a bare PyTorch script, and the CPU section (ISA, fp32/bf16 peaks, quickstart in bf16): about 25 min
+# on 2 cores; `ARGS="--only e2e"` or `ARGS="--only cpu"` for one section alone.
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
 

@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.config import LayerConfig
+from layerwise.losses import bce_with_logits_sum
 from layerwise.models import seeded_autoencoder
 from layerwise.training import ACTIVE_THRESHOLD, configure_cpu, train_autoencoder
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of a square fp32 matmul: the ceiling any training stage is measured against."""
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a square matmul in dtype: the ceiling a training stage in that precision is
+    measured against."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -34,10 +36,11 @@ def stage_flops(n_in: int, n_code: int, n_train: int, n_val: int) -> float:
     return 10.0 * n_in * n_code * n_train + 4.0 * n_in * n_code * n_val
 
 
-def project_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1: float, seed: int = 1) -> float:
+def project_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1: float, seed: int = 1,
+                  precision: str = "fp32", compile_step: bool = False) -> float:
     model = seeded_autoencoder(x.shape[1], n_code, "sigmoid", "bce", seed)
     layer = LayerConfig(input=x.shape[1], size=n_code, loss="bce", epochs=1, batch_size=batch, optimizer="adam",
-                        lr=1e-3, l1=l1)
+                        lr=1e-3, l1=l1, precision=precision, compile=compile_step)
     t0 = time.perf_counter()
     train_autoencoder(model, x, x_val, layer, seed)
     return time.perf_counter() - t0
@@ -50,14 +53,14 @@ def bare_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1
     enc, dec = model.encoder, model.decoder
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     t0 = time.perf_counter()
     total = torch.zeros(())
     order = torch.randperm(len(x), generator=gen)
     for start in range(0, len(x), batch):
         xb = x[order[start:start + batch]]
         code = enc(xb)
-        recon = F.binary_cross_entropy_with_logits(dec(code), xb, reduction="sum") / len(xb)
+        recon = bce_with_logits_sum(dec(code), xb) / len(xb)
         loss = recon + l1 * code.abs().sum(dim=1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -68,7 +71,7 @@ def bare_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, l1
         for start in range(0, len(x_val), 8192):
             xb = x_val[start:start + 8192]
             code = enc(xb)
-            F.binary_cross_entropy_with_logits(dec(code), xb, reduction="sum").item()
+            bce_with_logits_sum(dec(code), xb).item()
             code.abs().sum().item()
             (code.abs() > ACTIVE_THRESHOLD).sum().item()
     return time.perf_counter() - t0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import data_sources, e2e, kernels
+from benchmarks import cpu, data_sources, e2e, kernels
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
 from layerwise.data import load_mnist
@@ -94,10 +94,11 @@ def commit() -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
-    parser.add_argument("--only", choices=["e2e", "data"], default=None,
+    parser.add_argument("--only", choices=["e2e", "data", "cpu"], default=None,
                         help="run one section alone (writes results/SECTION.json and .md, latest.* untouched); e2e: "
                              "`layerwise run quickstart` against a bare PyTorch script; data: MNIST as a folder of "
-                             "PNGs, decoded and read from the decode cache")
+                             "PNGs, decoded and read from the decode cache; cpu: the ISA, fp32 and bf16 peaks, each "
+                             "stage's fraction of its precision's peak, quickstart in fp32 and bf16")
     parser.add_argument("--pairs", type=int, default=2,
                         help="end-to-end line: how many (bare, layerwise) pairs, alternated (default: %(default)s)")
     args = parser.parse_args()
@@ -109,6 +110,14 @@ def main() -> int:
                      "commit": commit()}
     if args.only is None:
         run_sections(args, results, threads)
+    if args.only == "cpu":
+        results["machine"]["processor"] = cpu.isa_summary()["processor"]
+        scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
+        try:
+            log(f"== the CPU at its limit ({threads} threads)")
+            results["cpu"] = cpu_section(args, threads, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if args.only == "data":
         scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
         try:
@@ -131,6 +140,28 @@ def main() -> int:
     (RESULTS / f"{name}.md").write_text(report)
     log("\n" + report)
     return 0
+
+
+def cpu_section(args, threads: int, scratch: Path, fp32_run: dict | None = None) -> dict:
+    quick_cfg = load_pipeline("quickstart")
+    mnist = load_mnist(data_root(), None, quick_cfg.data.val_size, 0)
+    x, xv = (mnist.x_train[:10000], mnist.x_val[:2000]) if args.quick else (mnist.x_train, mnist.x_val)
+    shapes = [(lc.input, lc.size) for lc in quick_cfg.layers]
+    isa = cpu.isa_summary()
+    log(f"processor {isa['processor']}: torch CPU capability {isa['torch_capability']}, bf16 matmuls "
+        f"{isa['bf16_matmul']}")
+    result = {"isa": isa, **cpu.stages(x, xv, threads, shapes, quick_cfg.layers[0].batch_size,
+                                       quick_cfg.layers[0].l1, log=log)}
+    del mnist, x, xv
+    log("== quickstart in fp32 and in bf16")
+    result["quickstart"] = cpu.quickstart_precisions(pipeline_run, orchestration, scratch, quick_shrink(args.quick),
+                                                     log, fp32_run)
+    return result
+
+
+def quick_shrink(quick: bool) -> list[str]:
+    """--quick: quickstart on fewer images and epochs."""
+    return ["--set", "data.train_size=20000", "--set", "finetune.epochs=2"] if quick else []
 
 
 def run_sections(args, results: dict, threads: int) -> None:
@@ -160,7 +191,7 @@ def run_sections(args, results: dict, threads: int) -> None:
 
         log("== quickstart twice (the second reuses the stack)")
         work, store = scratch / "work", scratch / "mlruns"
-        shrink = ["--set", "data.train_size=20000", "--set", "finetune.epochs=2"] if args.quick else []
+        shrink = quick_shrink(args.quick)
         first = pipeline_run("quickstart", shrink, work, store, "quickstart-1")
         second = pipeline_run("quickstart", shrink, work, store, "quickstart-2")
         results["orchestration"] = orchestration(first)
@@ -205,6 +236,9 @@ def run_sections(args, results: dict, threads: int) -> None:
                              "label_ablation_peak_rss_mb": ablation["peak_rss_mb"],
                              "label_ablation_cells": len(ablation["result"]["cells"]),
                              "by_images": memory, "mb_per_10k_images": fit["slope"], "fit_r2": fit["r2"]}
+
+        log("== the CPU at its limit: ISA, fp32 and bf16 peaks, stages in each precision, quickstart in bf16")
+        results["cpu"] = cpu_section(args, threads, scratch, fp32_run=first)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

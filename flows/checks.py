@@ -58,13 +58,22 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
 
 
 def check_device(pipeline: str, cfg: PipelineConfig, source: str) -> str:
-    """cfg.device on this machine: `device: cuda` where there is no CUDA is a ConfigError (exit 2)."""
+    """cfg.device on this machine: `device: cuda` where there is no CUDA, or `precision: bf16` on a
+    CPU without bf16 matrix instructions, is a ConfigError (exit 2)."""
     from layerwise.device import resolve_device
 
     try:
-        return str(resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
     except ConfigError as exc:
         raise ConfigError(f"{source}: pipeline '{pipeline}': {exc}") from None
+    if device.type == "cpu" and cfg.precision == "bf16":
+        from layerwise.cpu import bf16_problem
+
+        problem = bf16_problem()
+        if problem:
+            raise ConfigError(f"{source}: pipeline '{pipeline}': precision is 'bf16' but {problem}; "
+                              f"use precision: fp32 (or a machine with AMX or AVX512-BF16)")
+    return str(device)
 
 
 def check_run(pipeline: str, config_path: Path | str, overrides: list[str],

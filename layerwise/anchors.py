@@ -11,6 +11,17 @@ FEW_LABEL_ERRORS = {  # method -> {labels: test error %}
 }
 SOURCE = "Kingma et al. 2014, Table 1"
 
+# Methods that pretrain layer-wise (or train an autoencoder jointly) and also use the unlabelled
+# images while fine-tuning: the reference points of grids with an unlabelled objective (CAE, above,
+# stays as the pretraining-only point). "As commonly quoted from each paper's table" (shared/anchors.md).
+UNLABELLED_ERRORS = {
+    "MTC (Rifai et al. 2011)": {100: 12.03, 600: 5.13, 1000: 3.64, 3000: 2.57},
+    "DAE + pseudo-labels (Lee 2013)": {100: 10.49, 600: 4.01, 1000: 3.46, 3000: 2.69},
+    "what-where AE (Zhao et al. 2015)": {100: 8.71, 600: 3.31, 1000: 2.83, 3000: 2.10},
+    "ladder network (Rasmus et al. 2015)": {100: 1.06, 1000: 0.84},
+}
+UNLABELLED_SOURCE = "each paper's table"
+
 RECONSTRUCTION_ERRORS = {  # squared error per test image, summed over pixels, 30-d codes
     "deep autoencoder 784-1000-500-250-30": 3.00, "logistic PCA": 8.01, "PCA": 13.87}
 RECONSTRUCTION_SOURCE = "Hinton & Salakhutdinov 2006, Fig. 2"

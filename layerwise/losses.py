@@ -5,10 +5,40 @@ import torch
 import torch.nn.functional as F
 
 
+class _BCEWithLogitsSum(torch.autograd.Function):
+    """sum of F.binary_cross_entropy_with_logits(z, x), written with log(1 + exp(-|z|)) where PyTorch
+    uses log1p: on the CPUs measured here log1p is not vectorised and took 1.4 ms of a 13 ms
+    784->1000 step (exp and log: 0.2 ms). The backward is PyTorch's own, (sigmoid(z) - x) * grad,
+    bit for bit, so training is unchanged; only the reported loss may differ in its last bits
+    (log(1 + e) loses e below 2^-24: under 1e-7 per pixel)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z, x)
+        # (1 - x) z - log sigmoid(z), with log sigmoid(z) = min(z, 0) - log(1 + exp(-|z|))
+        # exp(-|z|) clamped at e^-20: below 2^-24, 1 + e rounds to 1 whatever e is, so the value is the
+        # same, and exp of large negative arguments (saturated logits) took 4x as long on this CPU
+        return ((1 - x) * z - (z.clamp(max=0) - torch.log(1 + torch.exp((-z.abs()).clamp(min=-20))))).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        z, x = ctx.saved_tensors
+        return (torch.sigmoid(z) - x) * grad, None
+
+
+def bce_with_logits_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """F.binary_cross_entropy_with_logits(logits, target, reduction='sum'), faster on the CPU
+    (_BCEWithLogitsSum). A target that needs a gradient (the codes below a layer, when the
+    unlabelled reconstruction objective trains the whole stack) goes to PyTorch's own."""
+    if target.requires_grad:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    return _BCEWithLogitsSum.apply(logits, target)
+
+
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """bce: output holds logits (numerically stable form); mse: output holds values."""
     if kind == "bce":
-        total = F.binary_cross_entropy_with_logits(output, target, reduction="sum")
+        total = bce_with_logits_sum(output, target)
     elif kind == "mse":
         total = F.mse_loss(output, target, reduction="sum")
     else:

@@ -65,8 +65,9 @@ def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
     return model, result
 
 
-def encode_splits(encoder: nn.Module, inputs: Splits) -> Splits:
-    return {split: encode(encoder, x) for split, x in inputs.items()}
+def encode_splits(encoder: nn.Module, inputs: Splits, precision: Optional[str] = None) -> Splits:
+    """Every split's codes (fp32; computed in bf16 where the stage trained in bf16)."""
+    return {split: encode(encoder, x, precision=precision) for split, x in inputs.items()}
 
 
 def pretrain_stage(layer: LayerConfig, inputs: Splits, seed: int = 0, index: int = 1,
@@ -74,7 +75,7 @@ def pretrain_stage(layer: LayerConfig, inputs: Splits, seed: int = 0, index: int
     """Train one layer, freeze its encoder, encode every split (codes stay where inputs are)."""
     model, result = train_stage(layer, inputs, seed, index, callback, device)
     encoder = freeze(model.encoder)
-    return Stage(index, encoder, encode_splits(encoder, inputs), model, result)
+    return Stage(index, encoder, encode_splits(encoder, inputs, layer.precision), model, result)
 
 
 class StageFn(Protocol):

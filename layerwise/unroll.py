@@ -40,7 +40,7 @@ def unroll(stages: list[Autoencoder], inputs: dict[str, torch.Tensor], config: U
     copies = [copy.deepcopy(stage).requires_grad_(True) for stage in stages]
     model = DeepAutoencoder(copies)
     test = inputs.get("test")
-    before = squared_error(model, test) if test is not None else None
+    before = squared_error(model, test, precision=config.precision) if test is not None else None
     result = train_unrolled(model, inputs["train"], inputs["val"], config, seed, name, callback)
-    after = squared_error(model, test) if test is not None else None
+    after = squared_error(model, test, precision=config.precision) if test is not None else None
     return Unrolled(model, result, before, after)

@@ -104,7 +104,8 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
                       then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
         model, result = tuned.model, tuned.result
         kept_val = next((r.metrics.get("val_accuracy") for r in result.history if r.epoch == result.best_epoch), None)
-        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"])
+        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"],
+                                                        ft.precision)
         cell = CellResult(child.id, child.id, n_labels, float(result.best_epoch), result.seconds, test_accuracy,
                           None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)
         # at step 0: one value per cell (the kept epoch is best_epoch), which the UI draws as bars that

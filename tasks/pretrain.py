@@ -100,6 +100,6 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
                 "final_metrics": result.history[-1].metrics}).file(local.name)
             encoder = freeze(model.encoder)
             trained_by = child.id
-        codes = encode_splits(encoder, inputs)
+        codes = encode_splits(encoder, inputs, layer.precision)
     return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=child.id,
                        trained_by=trained_by)

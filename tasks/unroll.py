@@ -36,7 +36,7 @@ def unroll_store() -> Store:
 def unroll_key(cfg: PipelineConfig, stage_keys: list[str], kind: str = "unroll") -> str:
     """What determines the fine-tuned network: the pretrained stack, the seed and the unroll settings.
     kind 'unroll-trial': a sweep trial's (stored apart: its entry holds validation metrics only)."""
-    return content_key({"kind": kind, "stack": stage_keys, "seed": cfg.seed, "unroll": cfg.unroll.model_dump()})
+    return content_key({"kind": kind, "stack": stage_keys, "seed": cfg.seed, "unroll": cfg.unroll.model_dump(exclude={"compile"})})
 
 
 @dataclass

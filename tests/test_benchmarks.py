@@ -40,3 +40,23 @@ def test_the_bare_script_still_does_quickstarts_work():
     from benchmarks.e2e import check_bare_settings
 
     check_bare_settings()  # raises naming what moved
+
+
+def test_the_cpu_section_measures_each_precision_against_its_own_peak():
+    from benchmarks import cpu
+    from benchmarks.report import cpu_targets
+
+    x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
+    result = cpu.stages(x, x[:64], 1, [(784, 32)], 64, 0.03, log=lambda _: None)
+    precisions = {row["precision"] for row in result["stages"]}
+    assert precisions == ({"fp32", "bf16"} if cpu.bf16_matmul_isa() else {"fp32"})
+    assert set(result["peaks_gflops"]) == precisions
+    assert {row["compiled"] for row in result["stages"]} == {False, True}
+    assert all(row["epoch_seconds"] > 0 and row["fraction_of_peak"] > 0 for row in result["stages"])
+    fake_split = {"wall_seconds": 10.0, "compute_seconds": 9.0, "non_compute_fraction": 0.1, "parts": {},
+                  "import_seconds": 1.0, "test_error": 1.6}
+    quickstart = {"fp32": fake_split, "bf16": {**fake_split, "compute_seconds": 3.0, "test_error": 1.7},
+                  "bf16_compute_speedup": 3.0}
+    rows = cpu_targets({**result, "isa": cpu.isa_summary(), "quickstart": quickstart})
+    assert any("3.00×" in row and "met" in row for row in rows)
+    assert any("+0.10 points" in row for row in rows)

@@ -57,3 +57,40 @@ def test_rescaled_masking_keeps_the_expected_input():
     noisy = corrupt(x, "mask", 0.5, rescale=True)
     assert torch.allclose(noisy.unique(), torch.tensor([0.0, 0.8]))
     assert abs(noisy.mean().item() - 0.4) < 0.01
+
+
+def test_fast_bce_matches_pytorch_value_and_gradient_bit_for_bit():
+    """The rewritten BCE (log(1 + exp(-|z|)) instead of log1p) gives PyTorch's gradient exactly, so
+    training is unchanged, and its value to float rounding, extreme logits included."""
+    import torch.nn.functional as F
+
+    from layerwise.losses import bce_with_logits_sum
+
+    torch.manual_seed(0)
+    z = torch.cat([torch.randn(64, 30) * 5, torch.tensor([[-100.0, -30.0, -1e-4, 0.0, 1e-4, 30.0, 100.0] * 2 +
+                                                          [0.0] * 16] * 2)])
+    x = torch.rand_like(z)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ours, theirs = bce_with_logits_sum(za, x) / 3, F.binary_cross_entropy_with_logits(zb, x, reduction="sum") / 3
+    ours.backward()
+    theirs.backward()
+    assert torch.equal(za.grad, zb.grad)
+    assert torch.isclose(ours, theirs, rtol=1e-6, atol=0)
+    # the textbook formula in float64 as an independent reference, elementwise
+    z64, x64 = z.double(), x.double()
+    p = torch.sigmoid(z64).clamp(1e-300, 1 - 1e-16)
+    reference = -(x64 * torch.log(p) + (1 - x64) * torch.log1p(-p))
+    finite = (z.abs() < 30).all(dim=1)  # where 1 - p does not underflow in float64
+    assert torch.allclose(bce_with_logits_sum(z[finite], x[finite]).double(), reference[finite].sum(), rtol=1e-6)
+
+
+def test_bce_target_needing_a_gradient_gets_it():
+    """The unlabelled reconstruction objective's target is the codes below a layer: its gradient flows."""
+    import torch.nn.functional as F
+
+    z = torch.randn(4, 5)
+    ta, tb = torch.rand(4, 5, requires_grad=True), None
+    tb = ta.detach().clone().requires_grad_()
+    reconstruction_loss(z, ta, "bce").backward()
+    (F.binary_cross_entropy_with_logits(z, tb, reduction="sum") / 4).backward()
+    assert ta.grad is not None and torch.equal(ta.grad, tb.grad)

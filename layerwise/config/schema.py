@@ -154,6 +154,7 @@ class DataConfig(Strict):
 
 Activation = Literal["sigmoid", "relu", "tanh", "linear"]
 Precision = Literal["fp32", "bf16"]
+Compile = Union[bool, Literal["auto"]]
 Optimizer = Literal["sgd", "adam"]
 
 
@@ -196,6 +197,7 @@ class LayerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
+    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
 
     @model_validator(mode="after")
     def _kind_keys(self):
@@ -402,6 +404,7 @@ class UnrollConfig(Optimization):
     on reconstruction, and compare it with PCA to the same code size."""
     optimizer: Optimizer = "adam"
     l2: float = Field(0.0, ge=0, description="squared-L2 penalty on the middle code (keeps it near 0)")
+    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
     grid_digits: int = Field(10, ge=1, le=50, description="test digits in the originals / PCA / autoencoder grid")
     decode_grid: int = Field(15, ge=2, le=40, description="2-d codes only: n x n regular grid of codes decoded")
 
@@ -470,6 +473,12 @@ class PipelineConfig(Strict):
     precision: Precision = Field("fp32", description="fp32, or bf16: forward passes in bfloat16 under autocast "
                                                      "(weights, optimizer and losses fp32); part of the store keys")
     tf32: bool = Field(False, description="CUDA only: TF32 matmuls (faster; not bit-identical to fp32)")
+    compile: Compile = Field("auto", description="torch.compile the autoencoder and unroll training steps (the "
+                                                 "elementwise math fused; rounding differs in the last bits): "
+                                                 "true, false, or auto = the trainings of at least 20,000 "
+                                                 "full batches, where the compile time pays back; falls back "
+                                                 "to uncompiled with a warning where no compiler works; in no "
+                                                 "store key")
     register_scratch: bool = Field(False, description="register a scratch control's classifier too (by default "
                                                       "only pretrained ones are registered)")
     system_metrics: float = Field(10.0, ge=0, description="seconds between samples of the machine's CPU, memory "
@@ -498,6 +507,9 @@ class PipelineConfig(Strict):
         for part in [*self.layers, self.finetune, self.unroll]:  # every training takes the pipeline's
             if part is not None and part.precision is None:
                 part.precision = self.precision
+        for part in [*self.layers, self.unroll]:
+            if part is not None and part.compile is None:
+                part.compile = self.compile
         if self.finetune is not None and self.finetune.scratch is not None and self.finetune.scratch.precision is None:
             self.finetune.scratch.precision = self.precision
         if (self.finetune is None) == (self.unroll is None):
@@ -612,4 +624,4 @@ class PipelineConfig(Strict):
     def pretrain_dict(self) -> dict:
         """What determines the pretrained stack (and nothing that does not)."""
         return {"seed": self.seed, "data": self.data.model_dump(),
-                "layers": [layer.model_dump() for layer in self.layers]}
+                "layers": [layer.model_dump(exclude={"compile"}) for layer in self.layers]}
