@@ -45,15 +45,17 @@ def bf16_matmul_isa() -> Optional[str]:
     """'amx_bf16' or 'avx512_bf16' where this CPU multiplies bf16 in hardware (and PyTorch's oneDNN
     uses it), else None."""
     has = [flag for flag in BF16_FLAGS if flag in cpu_flags()]
-    if not has:
-        # Not Linux, or flags unreadable: PyTorch's own check (oneDNN's bf16 support)
-        mkldnn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return "onednn_bf16" if mkldnn is not None and mkldnn() and not cpu_flags() else None
-    return has[0]
+    if has:
+        return has[0]
+    if cpu_flags():  # the flags were read and name neither
+        return None
+    # not Linux, or the flags unreadable: PyTorch's own check (oneDNN's bf16 support)
+    mkldnn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return "onednn_bf16" if mkldnn is not None and mkldnn() else None
 
 
 def isa_summary() -> dict[str, object]:
-    """What make bench and the run records report about the CPU."""
+    """What make bench reports about the CPU."""
     return {"processor": processor_name(), "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16_matmul": bf16_matmul_isa() or "none",
             "vector_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))}
