@@ -9,11 +9,9 @@ from typing import Callable
 
 import torch
 
-from benchmarks.kernels import matmul_peak, stage_flops, stage_inputs
-from layerwise.config import LayerConfig
-from layerwise.cpu import bf16_matmul_isa, isa_summary
-from layerwise.models import seeded_autoencoder
-from layerwise.training import configure_cpu, train_autoencoder
+from benchmarks.kernels import matmul_peak, stage_flops, stage_inputs, train_stage
+from layerwise.cpu import bf16_matmul_isa
+from layerwise.training import configure_cpu
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -23,10 +21,8 @@ def steady_epoch(x: torch.Tensor, x_val: torch.Tensor, n_code: int, batch: int, 
     """The fastest of a stage's epochs after the first (training and validation): the first pays for
     compiling (with compile_step) and warms the caches, so this is what a long stage runs at; the
     fastest, because the machine's speed drifts."""
-    model = seeded_autoencoder(x.shape[1], n_code, "sigmoid", "bce", 1)
-    layer = LayerConfig(input=x.shape[1], size=n_code, loss="bce", epochs=epochs, batch_size=batch,
-                        optimizer="adam", lr=1e-3, l1=l1, precision=precision, compile=compile_step)
-    return min(report.seconds for report in train_autoencoder(model, x, x_val, layer, 1).history[1:])
+    result = train_stage(x, x_val, n_code, batch, l1, epochs=epochs, precision=precision, compile_step=compile_step)
+    return min(report.seconds for report in result.history[1:])
 
 
 def stages(x_train: torch.Tensor, x_val: torch.Tensor, threads: int, shapes: list[tuple[int, int]], batch: int,

@@ -20,6 +20,7 @@ import torch
 from benchmarks import cpu, data_sources, e2e, kernels
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
+from layerwise.cpu import isa_summary
 from layerwise.data import load_mnist
 from layerwise.paths import PROJECT_ROOT, data_root
 
@@ -111,7 +112,7 @@ def main() -> int:
     if args.only is None:
         run_sections(args, results, threads)
     if args.only == "cpu":
-        results["machine"]["processor"] = cpu.isa_summary()["processor"]
+        results["machine"]["processor"] = isa_summary()["processor"]
         scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
         try:
             log(f"== the CPU at its limit ({threads} threads)")
@@ -147,7 +148,7 @@ def cpu_section(args, threads: int, scratch: Path, fp32_run: dict | None = None)
     mnist = load_mnist(data_root(), None, quick_cfg.data.val_size, 0)
     x, xv = (mnist.x_train[:10000], mnist.x_val[:2000]) if args.quick else (mnist.x_train, mnist.x_val)
     shapes = [(lc.input, lc.size) for lc in quick_cfg.layers]
-    isa = cpu.isa_summary()
+    isa = isa_summary()
     log(f"processor {isa['processor']}: torch CPU capability {isa['torch_capability']}, bf16 matmuls "
         f"{isa['bf16_matmul']}")
     result = {"isa": isa, **cpu.stages(x, xv, threads, shapes, quick_cfg.layers[0].batch_size,

@@ -45,6 +45,7 @@ def test_the_bare_script_still_does_quickstarts_work():
 def test_the_cpu_section_measures_each_precision_against_its_own_peak():
     from benchmarks import cpu
     from benchmarks.report import cpu_targets
+    from layerwise.cpu import isa_summary
 
     x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
     result = cpu.stages(x, x[:64], 1, [(784, 32)], 64, 0.03, log=lambda _: None)
@@ -57,6 +58,6 @@ def test_the_cpu_section_measures_each_precision_against_its_own_peak():
                   "import_seconds": 1.0, "test_error": 1.6}
     quickstart = {"fp32": fake_split, "bf16": {**fake_split, "compute_seconds": 3.0, "test_error": 1.7},
                   "bf16_compute_speedup": 3.0}
-    rows = cpu_targets({**result, "isa": cpu.isa_summary(), "quickstart": quickstart})
+    rows = cpu_targets({**result, "isa": isa_summary(), "quickstart": quickstart})
     assert any("3.00×" in row and "met" in row for row in rows)
     assert any("+0.10 points" in row for row in rows)
