@@ -18,7 +18,7 @@ from prefect import flow, runtime
 from flows.checks import CheckedRun
 from flows.pipeline import execute
 from layerwise import training
-from layerwise.config import ConfigError, load_raw, trial_raw, validate_pipeline
+from layerwise.config import ConfigError, baseline_values, load_raw, trial_raw, validate_pipeline
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
@@ -101,7 +101,8 @@ def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, check
     objective = sweep.objective_for(cfg.unroll is not None)
     study_id = study_name(pipeline, _study_payload(cfg, raw))
     storage = sweep.storage or default_storage()
-    study = open_study(sweep, study_id, storage, MAXIMISE[objective])
+    study = open_study(sweep, study_id, storage, MAXIMISE[objective],
+                       baseline_values(raw, sweep.space) if sweep.baseline else None)
     parent = open_sweep_run(pipeline, cfg, study_id, storage, objective, checked.device,
                             str(runtime.flow_run.id or ""))
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,

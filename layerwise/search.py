@@ -18,6 +18,7 @@ from layerwise.config.sweep import Range, SweepConfig
 
 PROCESS_ATTR = "process"          # the process that ran a trial (host:pid:start), to tell a dead one
 DIED_ATTR = "died"                # failed because its process died or was interrupted: asked again
+BASELINE_ATTR = "baseline"        # the trial that runs the pipeline's own values
 RETRY_OF_ATTR = "retry_of"        # a re-asked trial: the number of the one it repeats
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own line per trial
 
@@ -31,20 +32,24 @@ def make_sampler(sweep: SweepConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
-    # the median rule once 3 trials have finished, and never at a trial's first epoch (Optuna prunes
-    # from step n_warmup_steps on)
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if sweep.pruning \
-        else optuna.pruners.NopPruner()
+    # the median rule once 3 trials have finished, and only after sweep.pruning_warmup epochs of a
+    # trial (Optuna's steps are the epochs the trial reports; it prunes from step n_warmup_steps on)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=sweep.pruning_warmup) \
+        if sweep.pruning else optuna.pruners.NopPruner()
 
 
-def open_study(sweep: SweepConfig, name: str, storage: str, maximise: bool) -> optuna.Study:
-    """The stored study NAME, created on first use and continued after (load_if_exists). A resumed
-    study's sampler is seeded past the trials it has, so it does not replay the draws of the first
+def open_study(sweep: SweepConfig, name: str, storage: str, maximise: bool,
+               first: Optional[dict[str, Any]] = None) -> optuna.Study:
+    """The stored study NAME, created on first use and continued after (load_if_exists). A new
+    study's first trial runs `first` (the pipeline's own values) when given. A resumed study's
+    sampler is seeded past the trials it has, so it does not replay the draws of the first
     process (TPE starts with random draws: the same seed would ask the same values again)."""
     study = optuna.create_study(storage=storage, study_name=name, sampler=make_sampler(sweep),
                                 pruner=make_pruner(sweep), direction="maximize" if maximise else "minimize",
                                 load_if_exists=True)
     asked = len(study.get_trials(deepcopy=False))
+    if not asked and first is not None and sweep.sampler != "grid":  # a grid visits its own points
+        study.enqueue_trial(first, user_attrs={BASELINE_ATTR: True})
     if asked and sweep.sampler != "grid":  # the grid sampler visits each point once, whatever the seed
         study.sampler = make_sampler(sweep.model_copy(update={"seed": sweep.seed + asked}))
     return study

@@ -265,6 +265,16 @@ def classifier_optimizer(model: Classifier, name: str, lr: float, momentum: floa
     return make_optimizer(groups, name, lr, momentum, weight_decay, fused=kept is None)
 
 
+@torch.no_grad()
+def max_norm_(model: Classifier, limit: float) -> None:
+    """Scales every unit's incoming weights (a row of each hidden and output weight; a conv
+    layer's filter) back to L2 norm `limit` where they grew past it: Srivastava et al. (2014)'s
+    max-norm, which lets dropout nets train at high learning rates without weights blowing up."""
+    for module in [*model.hidden.modules(), model.output]:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.weight.copy_(torch.renorm(module.weight, 2, 0, limit))
+
+
 def unlabelled_part(config: TrainingConfig, labelled: Labelled, total_steps: int, seed: int):
     """config.unlabelled's objective over labelled.x_unlabelled (None without one), with its own
     generator, so the labelled batches, their order and their dropout masks stay as without it."""
@@ -329,6 +339,8 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
         where["head_only"] = head_only
         opt = classifier_optimizer(model, optimizer, lr, momentum, config.weight_decay, config.hidden_lr_scale,
                                    head_only)
+        if config.max_norm:
+            opt.register_step_post_hook(lambda *_: max_norm_(model, config.max_norm))
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase_epochs)
                  if config.schedule == "cosine" and not head_only else None)
         for _ in range(phase_epochs):

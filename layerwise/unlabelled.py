@@ -10,7 +10,11 @@ exactly as it is; each step also draws an unlabelled batch (its own generator) a
   hidden layer, its decoder is trained too) and its denoising reconstruction loss on the unlabelled
   batch continues, so the code keeps describing the images;
 - consistency (the Pi-model of Laine & Aila 2017): two passes with independent dropout and input
-  noise must give the same class probabilities (squared difference of the softmaxes).
+  noise must give the same class probabilities (squared difference of the softmaxes);
+- virtual_adversarial (Miyato et al. 2018): the contractive idea moved to the classifier's output.
+  Where the contractive autoencoder penalises the code's sensitivity to the input in every
+  direction, this penalises the class probabilities' change (KL) along the one direction they are
+  most sensitive to, found by a power iteration, at distance epsilon. No dropout in its passes.
 """
 from __future__ import annotations
 
@@ -46,6 +50,44 @@ def pseudo_label_loss(logits: torch.Tensor) -> torch.Tensor:
 def consistency_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of two passes' class probabilities (per image, summed over classes)."""
     return (logits_a.softmax(dim=1) - logits_b.softmax(dim=1)).pow(2).sum(dim=1).mean()
+
+
+VAT_XI = 1e-2  # the power iteration's probe length: small beside epsilon, large enough for fp32 differences
+
+
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    """Each image's perturbation scaled to L2 norm 1."""
+    return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (d.dim() - 1))
+
+
+def virtual_adversarial_loss(model: nn.Module, x: torch.Tensor, epsilon: float,
+                             generator: torch.Generator) -> torch.Tensor:
+    """KL(p(x) || p(x + r)) with r of norm epsilon along the direction that changes p the most:
+    one power iteration from a random direction (the gradient of the KL at a probe of length
+    VAT_XI). p(x) is a constant target; the model runs without dropout (eval mode)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            target = F.log_softmax(model(x).float(), dim=1)
+        adversarial = epsilon * adversarial_direction(model, x, target, generator)
+        return _kl(model(x + adversarial), target)
+    finally:
+        model.train(training)
+
+
+def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(target || softmax(logits)) per image, averaged (target as log-probabilities)."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+
+
+def adversarial_direction(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+    """Per image, the unit direction of the KL's gradient at a random probe of length VAT_XI: one
+    power iteration towards the top eigenvector of the KL's Hessian in the input."""
+    probe = (VAT_XI * _unit(torch.randn(x.shape, generator=generator))).to(x.device).requires_grad_()
+    (gradient,) = torch.autograd.grad(_kl(model(x + probe), target), probe)
+    return _unit(gradient)
 
 
 def masked(x: torch.Tensor, level: float, generator: torch.Generator) -> torch.Tensor:
@@ -125,6 +167,8 @@ class UnlabelledObjective:
             elif cfg.objective == "consistency":
                 value = consistency_loss(model(masked(x, cfg.noise, self.generator)).float(),
                                          model(masked(x, cfg.noise, self.generator)).float())
+            elif cfg.objective == "virtual_adversarial":
+                value = virtual_adversarial_loss(model, x, cfg.epsilon, self.generator)
             else:
                 value = stack_reconstruction_loss(model, x, cfg.noise, self.generator)
         finally:

@@ -5,9 +5,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from layerwise.config import ConfigError, load_pipeline, load_raw, trial_raw
+from layerwise.config import ConfigError, baseline_values, load_pipeline, load_raw, trial_raw
 from layerwise.config.sweep import SweepConfig, expand_key
-from layerwise.search import DIED_ATTR, RETRY_OF_ATTR, counted, finished, mark_running, open_study, recover, suggest
+from layerwise.search import (BASELINE_ATTR, DIED_ATTR, RETRY_OF_ATTR, counted, finished, make_pruner, mark_running,
+                              open_study, recover, suggest)
 
 SPACE_ERRORS = [
     ("{finetune.lrr: {uniform: [0.1, 1]}}", "sweep.space.finetune.lrr at 0.1: finetune.lrr: unknown key"),
@@ -118,3 +119,35 @@ def test_an_interrupted_trial_is_asked_again_once(tmp_path):
     assert recover(study, alive=lambda identity: True) == [0] and finished(study) == 0
     assert recover(study, alive=lambda identity: True) == []  # its twin is waiting: not enqueued twice
     assert suggest(study.ask(), sweep.space) == params
+
+
+def test_the_first_trial_runs_the_pipelines_own_values_when_they_lie_in_the_space(tmp_path):
+    sweep, raw = _sweep(), load_raw("smoke-sweep")
+    first = baseline_values(raw, sweep.space)
+    assert first == {"finetune.lr": 0.003, "layers.*.l1": 0.03}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(sweep, "s", storage, maximise=True, first=first)
+    trial = study.ask()
+    assert suggest(trial, sweep.space) == first and trial.user_attrs[BASELINE_ATTR]
+    study.tell(trial, 0.5)
+    again = open_study(sweep, "s", storage, maximise=True, first=first)  # resumed: not enqueued twice
+    assert suggest(again.ask(), sweep.space) != first
+    outside = load_raw("smoke-sweep", overrides=["finetune.lr=0.1"])
+    uneven = load_raw("smoke-sweep", overrides=["layers.1.l1=0.0"])  # a '*' key needs one value for all
+    assert baseline_values(outside, sweep.space) is None and baseline_values(uneven, sweep.space) is None
+    defaults = {"finetune.hidden_lr_scale": load_pipeline("paper").sweep.space["finetune.hidden_lr_scale"]}
+    assert baseline_values(load_raw("paper"), defaults) == {"finetune.hidden_lr_scale": 1.0}  # a default counts
+
+
+@pytest.mark.parametrize("warmup, pruned", [(2, True), (5, False)])
+def test_no_trial_is_pruned_before_its_warmup_epochs(tmp_path, warmup, pruned):
+    sweep = _sweep().model_copy(update={"pruning": True, "pruning_warmup": warmup})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep))
+    for _ in range(3):  # three good trials: the median rule is in force
+        trial = study.ask()
+        for epoch in range(1, 6):
+            trial.report(0.9, epoch)
+        study.tell(trial, 0.9)
+    trial = study.ask()
+    trial.report(0.1, 3)  # far below the median at epoch 3
+    assert bool(trial.should_prune()) is pruned

@@ -146,6 +146,33 @@ def test_hidden_layers_learn_at_a_scaled_rate():
     assert len(hidden["params"]) == 4 and len(output["params"]) == 2
 
 
+def test_max_norm_scales_back_only_the_rows_past_the_limit():
+    from layerwise.training import max_norm_
+
+    clf = scratch_classifier([_dense(4, 3, "sigmoid")], 2, 0.0, seed=0)
+    rows = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 10.0]])  # norms 5, 0.5, 10
+    with torch.no_grad():
+        clf.hidden[0][0].weight.copy_(rows)
+        clf.output.weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.1, 0.2, 0.2]]))  # norms sqrt(3), 0.3
+    max_norm_(clf, 1.0)
+    expected = [[0.6, 0.8, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 1.0]]  # same directions, norm <= 1
+    assert torch.allclose(clf.hidden[0][0].weight, torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(clf.output.weight[0], torch.full((3,), 3 ** -0.5), atol=1e-6)
+    assert torch.equal(clf.output.weight[1], torch.tensor([0.1, 0.2, 0.2]))
+
+
+def test_a_max_norm_fine_tune_keeps_every_unit_within_it_and_a_plain_one_does_not():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 12), torch.randint(0, 3, (64,))
+    norms = {}
+    for limit in (0.0, 0.5):
+        clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
+        train_classifier(clf, Labelled(x, y, x, y), _training(epochs=5, batch_size=8, optimizer="sgd", lr=2.0,
+                                                              max_norm=limit), seed=0)
+        norms[limit] = max(m.weight.norm(dim=1).max().item() for m in (clf.hidden[0][0], clf.output))
+    assert norms[0.5] <= 0.5 + 1e-5 < norms[0.0]
+
+
 def test_a_fine_tune_does_not_depend_on_what_runs_beside_it():
     """Ablation cells run as threads of one process: each must draw only from its own generators."""
     import threading

@@ -12,7 +12,8 @@ from layerwise.config.schema import UnlabelledConfig
 from layerwise.data import Labelled
 from layerwise.finetune import build_classifier, finetune
 from layerwise.stack import pretrain_stack
-from layerwise.unlabelled import consistency_loss, pseudo_label_loss, ramp, stack_reconstruction_loss
+from layerwise.unlabelled import (VAT_XI, adversarial_direction, consistency_loss, pseudo_label_loss, ramp,
+                                  stack_reconstruction_loss, virtual_adversarial_loss)
 
 
 @pytest.mark.parametrize("step, expected", [(0, 0.0), (99, 0.0), (100, 0.0), (350, 1.5), (599, 2.994), (600, 3.0),
@@ -37,6 +38,38 @@ def test_two_passes_that_agree_cost_nothing_and_disagreement_is_the_squared_diff
     assert consistency_loss(a, a).item() == 0
     p, q = F.softmax(a, 1), F.softmax(b, 1)
     assert consistency_loss(a, b).item() == pytest.approx(((p - q) ** 2).sum().item())
+
+
+def test_the_adversarial_direction_is_the_kl_hessian_times_the_probe_for_a_linear_softmax():
+    """For logits W x the KL's Hessian in the input is W^T (diag p - p p^T) W: one power iteration
+    from the probe d gives H d / |H d|, computed here by hand (float64)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    target = F.log_softmax(model(x), dim=1).detach()
+    direction = adversarial_direction(model, x, target, torch.Generator().manual_seed(7))
+    probes = torch.randn(3, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float32).double()
+    w = model.weight.detach()
+    for i in range(3):
+        p = target[i].exp()
+        hessian = w.T @ (torch.diag(p) - torch.outer(p, p)) @ w
+        expected = hessian @ probes[i]
+        cosine = F.cosine_similarity(direction[i], expected, dim=0).item()
+        assert cosine > 1 - 10 * VAT_XI and direction[i].norm().item() == pytest.approx(1.0)
+
+
+def test_the_virtual_adversarial_cost_runs_without_dropout_and_trains_the_classifier():
+    torch.manual_seed(0)
+    x = torch.rand(8, 16)
+    layers = [LayerConfig(input=16, size=8, epochs=1, lr=0.01)]
+    resolve_layers(layers, (1, 4, 4))
+    model = build_classifier(None, FinetuneConfig(init="scratch", epochs=1, lr=0.1, dropout=0.5), layers, 3)
+    model.train()
+    loss = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0))
+    again = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0))
+    assert loss.item() == again.item() > 0 and model.training  # dropout off: the same value; mode restored
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def _stack(kind_noise=0.0):
@@ -99,7 +132,7 @@ def test_a_fine_tune_without_an_objective_ignores_the_unlabelled_images():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("objective", ["pseudo_label", "consistency", "reconstruction"])
+@pytest.mark.parametrize("objective", ["pseudo_label", "consistency", "reconstruction", "virtual_adversarial"])
 def test_each_objective_trains_from_scratch_and_pretrained(objective):
     layers, x, stack = _stack()
     for init, stages in (("pretrained", [s.model for s in stack.stages]), ("scratch", None)):

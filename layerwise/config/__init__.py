@@ -20,7 +20,8 @@ from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MN
                                      PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Strict, TrainingConfig,
                                      TrainingOverrides, UnrollConfig, name_problem, resolve_layers)
 from layerwise.config.loading import (MAX_CONFIG_BYTES, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES,
-                                      MAX_OVERRIDE_BYTES, apply_overrides, flatten, load_all, load_pipeline, load_raw,
+                                      MAX_OVERRIDE_BYTES, apply_overrides, baseline_values, flatten, load_all,
+                                      load_pipeline, load_raw,
                                       read_pipelines_file, safe_yaml, trial_raw, validate_pipeline)
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "ScheduleConfig", "Seed", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
     "resolve_layers",
     # loading (grid.py's functions are reached as PipelineConfig.cells(), .stacks(), ...)
-    "MAX_CONFIG_BYTES", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_OVERRIDE_BYTES", "apply_overrides",
+    "MAX_CONFIG_BYTES", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_OVERRIDE_BYTES", "apply_overrides", "baseline_values",
     "flatten", "load_all", "load_pipeline", "load_raw", "read_pipelines_file", "safe_yaml", "trial_raw",
     "validate_pipeline",
 ]

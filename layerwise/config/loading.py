@@ -213,6 +213,22 @@ def check_sweep_space(name: str, raw: dict, sweep, source: str = "pipelines.yaml
                 raise ConfigError(f"{label} at {probe!r}: {describe_errors(exc.errors(), PipelineConfig)}") from None
 
 
+def baseline_values(raw: dict, space: dict) -> Optional[dict[str, Any]]:
+    """The pipeline's own value of every space key (defaults included), or None where one lies
+    outside its range or a 'layers.*' key's items differ: the point a sweep's first trial runs."""
+    from layerwise.config.sweep import expand_key
+
+    base = {key: value for key, value in raw.items() if key != "sweep"}
+    current = PipelineConfig.model_validate(base).model_dump()
+    values = {}
+    for key, rng in space.items():
+        found = [_lookup(current, dotted) for dotted in expand_key(key, base)]
+        if any(v != found[0] for v in found) or not rng.contains(found[0]):
+            return None
+        values[key] = found[0]
+    return values
+
+
 def load_raw(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[str] = ()) -> dict:
     """Pipeline NAME of the file at path as written, with `--set` overrides applied (not validated)."""
     pipelines = read_pipelines_file(path)

@@ -246,6 +246,9 @@ class TrainingConfig(Optimization):
     input_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input pixels while fine-tuning")
     hidden_lr_scale: float = Field(1.0, gt=0, description="the hidden layers learn at lr * this; < 1 keeps "
                                                            "pretrained features from being washed out")
+    max_norm: float = Field(0.0, ge=0, description="after each step, every unit's incoming weight vector "
+                                                   "(hidden and output) is scaled back to at most this L2 "
+                                                   "norm (Srivastava et al. 2014's max-norm); 0: off")
     head_epochs: int = Field(0, ge=0, description="epochs training only the output layer before all layers")
     min_steps: int = Field(0, ge=0, description="at least this many optimizer steps: small labelled sets "
                                                 "get more epochs")
@@ -271,8 +274,8 @@ def _partial(model: type[BaseModel], name: str) -> type[BaseModel]:
 TrainingOverrides = _partial(TrainingConfig, "TrainingOverrides")
 
 
-UnlabelledObjective = Literal["pseudo_label", "reconstruction", "consistency"]
-UNLABELLED_WEIGHTS = {"pseudo_label": 3.0, "reconstruction": 1.0, "consistency": 10.0}
+UnlabelledObjective = Literal["pseudo_label", "reconstruction", "consistency", "virtual_adversarial"]
+UNLABELLED_WEIGHTS = {"pseudo_label": 3.0, "reconstruction": 1.0, "consistency": 10.0, "virtual_adversarial": 1.0}
 
 
 class UnlabelledConfig(Strict):
@@ -280,15 +283,21 @@ class UnlabelledConfig(Strict):
     not have, added to the labelled loss (layerwise/unlabelled.py)."""
     objective: UnlabelledObjective = Field(..., description="pseudo_label (Lee 2013), reconstruction (the "
                                                             "pretrained decoders kept, each layer's denoising "
-                                                            "loss continued) or consistency (two noisy passes)")
+                                                            "loss continued), consistency (two noisy passes) or "
+                                                            "virtual_adversarial (the prediction made insensitive "
+                                                            "to its most sensitive input direction)")
     weight: Optional[float] = Field(None, gt=0, description="the final weight; default: pseudo_label 3 (Lee's "
-                                                            "alpha_f), reconstruction 1, consistency 10")
+                                                            "alpha_f), reconstruction 1, consistency 10, "
+                                                            "virtual_adversarial 1 (Miyato's alpha)")
     ramp: list[float] = Field([0.1, 0.6], min_length=2, max_length=2,
                               description="the weight rises linearly from 0 at this share of the fine-tune's steps "
                                           "to its final value at that share (Lee's T1, T2 as shares of the run)")
     batch_size: int = Field(256, ge=1, description="unlabelled images per step")
     noise: float = Field(0.2, ge=0, lt=1, description="masking noise on unlabelled inputs (reconstruction: each "
                                                       "layer's input; consistency: each of the two passes)")
+
+    epsilon: float = Field(5.0, gt=0, description="virtual_adversarial only: the L2 norm of the perturbation "
+                                                  "(pixels in [0, 1]; Miyato et al. 2018's MNIST value)")
 
     @model_validator(mode="after")
     def _ramp_in_order(self):

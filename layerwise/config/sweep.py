@@ -65,6 +65,17 @@ class Range(Strict):
     def numeric(self) -> bool:
         return self.kind != "choice"
 
+    def contains(self, value: Any) -> bool:
+        """Whether value is one this range can draw."""
+        if self.kind == "choice":
+            return any(json.dumps(value, sort_keys=True) == json.dumps(c, sort_keys=True) for c in self.choice)
+        if isinstance(value, bool) or not isinstance(value, (builtins.int, float)):
+            return False
+        if self.kind == "int" and value != builtins.int(value):
+            return False
+        low, high = self.bounds
+        return low <= value <= high
+
     def probes(self) -> list:
         """The values that decide whether the range fits its key: both ends, or every choice."""
         return list(self.bounds)
@@ -89,6 +100,10 @@ class SweepConfig(Strict):
     seed: Seed = Field(0, description="the sampler's seed")
     pruning: bool = Field(False, description="stop a trial early when its per-epoch validation metric is below "
                                              "the median of earlier trials at the same epoch (Optuna's MedianPruner)")
+    pruning_warmup: int = Field(2, ge=0, description="epochs every trial runs before it can be pruned (a "
+                                                     "long cosine schedule is behind a short one early on)")
+    baseline: bool = Field(True, description="the first trial runs the pipeline's own values, where each lies "
+                                             "in its range: the search starts from the recipe it improves")
     workers: int = Field(1, ge=1, le=64, description="trials at once (threads in this process)")
     storage: Optional[str] = Field(None, description="Optuna storage URL; default: optuna.db beside the MLflow store")
     final_run: bool = Field(True, description="run the best configuration once more with its test error measured "
