@@ -69,7 +69,8 @@ def test_a_second_run_trains_nothing_and_links_what_it_reuses(prefect_harness, t
 def test_unlabelled_objectives_are_rows_beside_the_plain_ones(prefect_harness, tracking, tmp_path):
     """A smoke grid with unlabelled objectives: each its own row of the summary and its own
     metrics, the plain rows unchanged, every unlabelled cell fed the images it has no label for."""
-    inits = "[pretrained, scratch, pretrained+pseudo_label, pretrained+reconstruction, scratch+consistency]"
+    inits = ("[pretrained, scratch, pretrained+pseudo_label, pretrained+reconstruction, scratch+consistency, "
+             "pretrained+virtual_adversarial]")
     one = ["ablation.seeds=[0]", "ablation.labels=[20]", "finetune.min_steps=30"]  # the ramp needs steps
     result = layerwise_pipeline("smoke-ablation", [f"ablation.inits={inits}", *one], data_root=str(mnist_root()))
     plain = layerwise_pipeline("smoke-ablation", one, data_root=str(mnist_root()))
@@ -78,7 +79,7 @@ def test_unlabelled_objectives_are_rows_beside_the_plain_ones(prefect_harness, t
                                                       f"tags.`layerwise.stage` = 'finetune'")
     by_method = {r.data.tags["layerwise.method"]: r for r in runs}
     assert set(by_method) == {"pretrained", "scratch", "pretrained+pseudo_label", "pretrained+reconstruction",
-                              "scratch+consistency"}
+                              "scratch+consistency", "pretrained+virtual_adversarial"}
     assert by_method["pretrained+reconstruction"].data.tags["layerwise.unlabelled"] == "reconstruction"
     assert "layerwise.unlabelled" not in by_method["pretrained"].data.tags
     rows = {row["init"]: row for row in result.outcome.cells}
@@ -87,8 +88,9 @@ def test_unlabelled_objectives_are_rows_beside_the_plain_ones(prefect_harness, t
         assert rows[init]["test_error"] == plain_rows[init]["test_error"]
     # the objectives changed the training (the smoke cells are too short to move the test error)
     last_loss = {m: client.get_metric_history(by_method[m].info.run_id, "train_loss")[-1].value
-                 for m in ("pretrained", "pretrained+pseudo_label", "pretrained+reconstruction")}
-    assert len(set(last_loss.values())) == 3, last_loss
+                 for m in ("pretrained", "pretrained+pseudo_label", "pretrained+reconstruction",
+                           "pretrained+virtual_adversarial")}
+    assert len(set(last_loss.values())) == 4, last_loss
     metrics = client.get_run(result.parent_run_id).data.metrics
     assert "mean_test_error/20/pretrained_plus_pseudo_label" in metrics
     assert "gain_pretrained+reconstruction/20".replace("+", "_plus_") in metrics
