@@ -5,6 +5,7 @@ stored, so a killed sweep started again continues it. The best configuration the
 with its test error measured (the sweep's final run) and is written out as best.yaml."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -29,7 +30,7 @@ from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
 from tasks.runs import NOTE_TAG, system_metrics
-from tasks.sweep import FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
+from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
     run_trial
 
 POLL_S = 0.2  # how often the sweep looks for a finished trial
@@ -63,14 +64,16 @@ class SweepResult:
 
 def _study_payload(cfg, raw: dict) -> dict:
     """What decides the study: the pipeline as written (minus the sweep's run settings) and the search."""
-    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run"})
+    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run", "final_set"})
     return {"pipeline": {k: v for k, v in raw.items() if k != "sweep"}, "sweep": sweep}
 
 
-def trial_config(pipeline: str, raw: dict, params: dict, checked: CheckedRun, source: str):
-    """The trial's PipelineConfig, bound to the run's data (validated like the file)."""
+def trial_config(pipeline: str, raw: dict, params: dict, checked: CheckedRun, source: str,
+                 final_set: Optional[dict] = None):
+    """The trial's PipelineConfig, bound to the run's data (validated like the file); with
+    final_set, the final run's (sweep.final_set applied to the trial's)."""
     where = f"{source}: pipeline '{pipeline}' (sweep trial {params})"
-    written = trial_raw(raw, params, checked.cfg.data.model_dump(exclude={"found"}), where)
+    written = trial_raw(raw, params, checked.cfg.data.model_dump(exclude={"found"}), where, final_set)
     return validate_pipeline(pipeline, written, source).bound_to(checked.cfg.data.found), written
 
 
@@ -188,8 +191,9 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
         figures.append(importance)
     best_text = best_cfg = None
     if best is not None:
-        best_cfg, best_raw = trial_config(run.pipeline, raw, best.params, checked, "best.yaml")
-        best_text = best_yaml(run.pipeline, best_raw)
+        # what the final run runs and best.yaml holds: the best trial's values, then sweep.final_set
+        best_cfg, best_raw = trial_config(run.pipeline, raw, best.params, checked, "best.yaml", cfg.sweep.final_set)
+        best_text = best_yaml(run.pipeline, best_raw, cfg.sweep.final_set)
     states = [t.state for t in study.get_trials(deepcopy=False) if counted(t)]
     metrics = {"trials_finished": sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
                "trials_pruned": sum(s == TrialState.PRUNED for s in states),
@@ -212,12 +216,15 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
     mlf = tracking.client()
     done = _final_done(mlf, run.experiment_id, run.parent_run_id)
     final_tags = {KIND_TAG: "sweep_final", FINAL_TAG: "true", STUDY_TAG: study_id,
-                  "layerwise.sweep_best_trial": str(best.number)}
-    previous = mlf.get_run(done).data.tags.get("layerwise.sweep_best_trial") if done else None
-    if done and previous == str(best.number):
+                  "layerwise.sweep_best_trial": str(best.number),
+                  FINAL_SET_TAG: json.dumps(cfg.sweep.final_set, sort_keys=True)}
+    previous = mlf.get_run(done).data.tags if done else {}
+    if done and previous.get("layerwise.sweep_best_trial") == str(best.number) \
+            and previous.get(FINAL_SET_TAG, "{}") == final_tags[FINAL_SET_TAG]:
         log.info(f"the final run of trial {best.number}'s configuration is done already: MLflow run {done}")
         return result
-    log.info(f"final run: trial {best.number}'s configuration, its test error measured once")
+    log.info(f"final run: trial {best.number}'s configuration" + (
+        f" with {cfg.sweep.final_set}" if cfg.sweep.final_set else "") + ", its test error measured once")
     final = execute(run.pipeline, CheckedRun(run.pipeline, best_cfg, checked.data_root, checked.fingerprint,
                                               checked.tracking_uri, checked.device),
                     parent_of=run.parent_run_id, tags=final_tags, title_suffix=f" · sweep's best (trial {best.number})")

@@ -15,6 +15,8 @@ exactly as it is; each step also draws an unlabelled batch (its own generator) a
   Where the contractive autoencoder penalises the code's sensitivity to the input in every
   direction, this penalises the class probabilities' change (KL) along the one direction they are
   most sensitive to, found by a power iteration, at distance epsilon. No dropout in its passes.
+  With `entropy` > 0 the entropy of the clean predictions is added (Miyato's VAT+EntMin), which
+  pushes the decision boundaries away from the unlabelled images as well.
 """
 from __future__ import annotations
 
@@ -61,19 +63,27 @@ def _unit(d: torch.Tensor) -> torch.Tensor:
 
 
 def virtual_adversarial_loss(model: nn.Module, x: torch.Tensor, epsilon: float,
-                             generator: torch.Generator) -> torch.Tensor:
+                             generator: torch.Generator, entropy: float = 0.0) -> torch.Tensor:
     """KL(p(x) || p(x + r)) with r of norm epsilon along the direction that changes p the most:
     one power iteration from a random direction (the gradient of the KL at a probe of length
-    VAT_XI). p(x) is a constant target; the model runs without dropout (eval mode)."""
+    VAT_XI). p(x) is a constant target; the model runs without dropout (eval mode). With entropy
+    > 0, entropy * H(p(x)) is added, its gradient flowing through the clean pass (same forward)."""
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            target = F.log_softmax(model(x).float(), dim=1)
+        with torch.set_grad_enabled(entropy > 0):
+            clean = F.log_softmax(model(x).float(), dim=1)
+        target = clean.detach()
         adversarial = epsilon * adversarial_direction(model, x, target, generator)
-        return _kl(model(x + adversarial), target)
+        value = _kl(model(x + adversarial), target)
+        return value + entropy * prediction_entropy(clean) if entropy > 0 else value
     finally:
         model.train(training)
+
+
+def prediction_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the entropy of the class probabilities (given as log-probabilities)."""
+    return -(log_probs.exp() * log_probs).sum(dim=1).mean()
 
 
 def _kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -168,7 +178,7 @@ class UnlabelledObjective:
                 value = consistency_loss(model(masked(x, cfg.noise, self.generator)).float(),
                                          model(masked(x, cfg.noise, self.generator)).float())
             elif cfg.objective == "virtual_adversarial":
-                value = virtual_adversarial_loss(model, x, cfg.epsilon, self.generator)
+                value = virtual_adversarial_loss(model, x, cfg.epsilon, self.generator, cfg.entropy)
             else:
                 value = stack_reconstruction_loss(model, x, cfg.noise, self.generator)
         finally:

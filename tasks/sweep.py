@@ -3,6 +3,7 @@ trial (the trial's stage and fine-tune runs nested under it), and the summary th
 the best trial's parameters, best.yaml, trials.csv and the figures."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,7 @@ STUDY_TAG = "layerwise.sweep_study"    # the Optuna study a sweep run, trial or 
 TRIAL_TAG = "layerwise.trial"          # a trial's number in its study
 TRIAL_STATE_TAG = "layerwise.trial_state"
 FINAL_TAG = "layerwise.sweep_final"    # "true" on the one run of a sweep that reads the test split
+FINAL_SET_TAG = "layerwise.sweep_final_set"  # on the final run: what sweep.final_set changed (JSON)
 
 
 def default_storage() -> str:
@@ -163,8 +165,10 @@ def record_sweep(run_id: str, table_csv: str, figures: list[Path], best: Optiona
         mlf.set_tag(run_id, NOTE_TAG, note)
 
 
-def best_yaml(pipeline: str, raw: dict) -> str:
-    """A complete pipelines file holding the best trial's pipeline: `layerwise run --config best.yaml`."""
-    header = (f"# The best trial of `layerwise sweep {pipeline}` (chosen on validation): run it with\n"
-              f"#   layerwise run --config best.yaml\n")
+def best_yaml(pipeline: str, raw: dict, final_set: Optional[dict] = None) -> str:
+    """A complete pipelines file holding the best trial's pipeline, as the final run ran it (with
+    sweep.final_set): `layerwise run --config best.yaml`."""
+    header = (f"# The best trial of `layerwise sweep {pipeline}` (chosen on validation)"
+              + (f", then {json.dumps(final_set)} (sweep.final_set)" if final_set else "")
+              + ": run it with\n#   layerwise run --config best.yaml\n")
     return header + yaml.safe_dump({"pipelines": {pipeline: raw}}, sort_keys=False)

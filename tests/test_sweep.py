@@ -63,6 +63,20 @@ def test_a_star_key_sets_every_layer_and_the_data_block_is_the_runs():
     assert "sweep" not in written and written["data"] is data
 
 
+def test_the_final_set_applies_last_and_is_checked_before_any_trial():
+    raw = load_raw("smoke-sweep")
+    data = {"train_size": 500, "val_size": 100, "split_seed": 0, "path": None}
+    final = {"data.val_size": 0, "finetune.keep": "last"}
+    written = trial_raw(raw, {"finetune.lr": 0.2}, data, "test", final)
+    assert written["data"]["val_size"] == 0 and written["finetune"]["keep"] == "last"
+    assert written["finetune"]["lr"] == 0.2 and data["val_size"] == 100  # the run's data block is not changed
+    assert load_pipeline("smoke-sweep", overrides=[f"sweep.final_set={final}"]).sweep.final_set == final
+    with pytest.raises(ConfigError, match="sweep.final_set: data.val_size is 0: .* set finetune.keep: last"):
+        load_pipeline("smoke-sweep", overrides=["sweep.final_set={data.val_size: 0}"])
+    with pytest.raises(ConfigError, match="final_set.finetune.lr is searched by the space"):
+        load_pipeline("smoke-sweep", overrides=["sweep.final_set={finetune.lr: 0.1}"])
+
+
 def _sweep() -> SweepConfig:
     return load_pipeline("smoke-sweep").sweep
 

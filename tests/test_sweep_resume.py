@@ -2,7 +2,8 @@
 command again. The study ends with exactly `trials` finished trials, none run twice, the dead
 trial asked again with its values; MLflow holds one sweep parent with every trial nested under it
 (each trial's stage and fine-tune runs under the trial), nothing RUNNING, no test metric anywhere
-but in the final run; and the best.yaml the parent carries runs with `layerwise run --config`."""
+but in the final run, which trains on the validation images too (sweep.final_set); and the
+best.yaml the parent carries runs with `layerwise run --config`."""
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 TRIALS = 3
 # long enough fine-tunes that the kill lands inside trial 1 (pretraining is shared by equal l1s)
-ARGS = ["sweep", "smoke-sweep", "--set", f"sweep.trials={TRIALS}", "--set", "finetune.epochs=150"]
+ARGS = ["sweep", "smoke-sweep", "--set", f"sweep.trials={TRIALS}", "--set", "finetune.epochs=150",
+        "--set", "sweep.final_set={data.val_size: 0, finetune.keep: last}"]
 
 
 def _descendants(runs, root_id):
@@ -72,6 +74,8 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_its_trials(tracking, tmp_pa
     best = max(complete, key=lambda t: t.value)
     assert final.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert final.data.tags["layerwise.sweep_best_trial"] == str(best.number)
+    assert final.data.tags["layerwise.sweep_final_set"] == '{"data.val_size": 0, "finetune.keep": "last"}'
+    assert final.data.params["data.val_size"] == "0" and "val_accuracy" not in final.data.metrics
     assert parent.data.metrics["final_test_error"] == final.data.metrics["test_error"]
     assert parent.data.metrics["best_val_accuracy"] == best.value
     assert parent.data.tags["best.finetune.lr"] == str(best.params["finetune.lr"])

@@ -72,6 +72,30 @@ def test_the_virtual_adversarial_cost_runs_without_dropout_and_trains_the_classi
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_vat_with_entropy_adds_the_entropy_of_the_clean_predictions_with_its_gradient():
+    """VAT+EntMin: the same KL plus weight * H(p(x)), H by hand; its gradient flows through p(x)
+    (a tiny epsilon leaves the KL's gradient negligible beside the entropy's)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    plain = virtual_adversarial_loss(model, x, 1.0, torch.Generator().manual_seed(3))
+    with_entropy = virtual_adversarial_loss(model, x, 1.0, torch.Generator().manual_seed(3), entropy=0.5)
+    p = F.softmax(model(x), dim=1).detach().double()
+    entropy = -(p * p.log()).sum(dim=1).mean().item()
+    assert with_entropy.item() == pytest.approx(plain.item() + 0.5 * entropy, rel=1e-5)
+    model.zero_grad()
+    virtual_adversarial_loss(model, x, 1e-6, torch.Generator().manual_seed(3), entropy=1.0).backward()
+    logits = model(x).detach().requires_grad_()
+    (-(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum(1).mean()).backward()
+    assert torch.allclose(model.bias.grad, logits.grad.sum(0), atol=1e-5)
+
+
+def test_entropy_belongs_to_virtual_adversarial_only():
+    assert UnlabelledConfig(objective="virtual_adversarial", entropy=1.0).entropy == 1.0
+    with pytest.raises(ValueError, match="entropy"):
+        UnlabelledConfig(objective="pseudo_label", entropy=1.0)
+
+
 def _stack(kind_noise=0.0):
     layers = [LayerConfig(input=16, size=8, epochs=1, lr=0.01, optimizer="adam"),
               LayerConfig(input=8, size=4, epochs=1, lr=0.01, optimizer="adam")]

@@ -187,11 +187,17 @@ def check_sweep_space(name: str, raw: dict, sweep, source: str = "pipelines.yaml
     """Each key of sweep.space is one `--set` accepts, and its range fits it: both ends of a range
     (every choice) applied to the pipeline validate, a numeric range sits on a number (a whole
     number for int keys). A ConfigError names sweep.space.KEY, before any trial exists."""
-    from layerwise.config.sweep import expand_key
+    from layerwise.config.sweep import expand_key, overrides_for
 
     where = f"{source}: pipeline '{name}'"
     base = {key: value for key, value in raw.items() if key != "sweep"}
     current = PipelineConfig.model_validate(base).model_dump()
+    if sweep.final_set:
+        label = f"{where}: sweep.final_set"
+        try:
+            PipelineConfig.model_validate(apply_overrides(base, overrides_for(sweep.final_set, base), label))
+        except ValidationError as exc:
+            raise ConfigError(f"{label}: {describe_errors(exc.errors(), PipelineConfig)}") from None
     for key, rng in sweep.space.items():
         label = f"{where}: sweep.space.{key}"
         try:
@@ -242,15 +248,16 @@ def load_pipeline(name: str, path: Path | str = DEFAULT_CONFIG, overrides: list[
     return validate_pipeline(name, load_raw(name, path, overrides), str(path))
 
 
-def trial_raw(raw: dict, params: dict[str, Any], data: dict, where: str) -> dict:
+def trial_raw(raw: dict, params: dict[str, Any], data: dict, where: str, final_set: Optional[dict] = None) -> dict:
     """A sweep trial's pipeline as written: raw without its sweep block, the trial's values applied
-    (a 'layers.*.l1' value to every layer), and the run's checked data block (paths made absolute)."""
+    (a 'layers.*.l1' value to every layer), and the run's checked data block (paths made absolute);
+    for the final run, sweep.final_set applied last."""
     from layerwise.config.sweep import overrides_for
 
     base = {key: value for key, value in raw.items() if key != "sweep"}
     result = apply_overrides(base, overrides_for(params, base), where)
     result["data"] = data
-    return result
+    return apply_overrides(result, overrides_for(final_set, result), where) if final_set else result
 
 
 def load_all(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:

@@ -297,11 +297,16 @@ class UnlabelledConfig(Strict):
                                                       "layer's input; consistency: each of the two passes)")
     epsilon: float = Field(1.0, gt=0, description="virtual_adversarial only: the L2 norm of the perturbation "
                                                   "(pixels in [0, 1]; chosen on MNIST validation at 100 labels)")
+    entropy: float = Field(0.0, ge=0, description="virtual_adversarial only: weight of the entropy of the "
+                                                  "unlabelled predictions, added to the objective (Miyato's "
+                                                  "VAT+EntMin: confident predictions away from the labels)")
 
     @model_validator(mode="after")
     def _ramp_in_order(self):
         if not 0 <= self.ramp[0] <= self.ramp[1] <= 1:
             raise ValueError(f"ramp {self.ramp} must be two shares 0 <= start <= end <= 1")
+        if self.entropy and self.objective != "virtual_adversarial":
+            raise ValueError(f"entropy is a virtual_adversarial setting, not one of {self.objective}")
         return self
 
     def weight_in_force(self) -> float:

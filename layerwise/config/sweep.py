@@ -108,6 +108,10 @@ class SweepConfig(Strict):
     storage: Optional[str] = Field(None, description="Optuna storage URL; default: optuna.db beside the MLflow store")
     final_run: bool = Field(True, description="run the best configuration once more with its test error measured "
                                               "(the only run of the sweep that reads the test split)")
+    final_set: dict[str, Any] = Field(default_factory=dict, description=(
+        "dotted keys (as --set) the final run changes in the best trial's configuration, e.g. "
+        "{data.val_size: 0}: the chosen recipe retrained on the validation images too, nothing "
+        "chosen by what it reads from test"))
 
     @model_validator(mode="after")
     def _grid_fits(self):
@@ -120,6 +124,15 @@ class SweepConfig(Strict):
                     raise ValueError(f"space.{key}: sampler grid: {exc}") from None
             if self.trials > size:
                 raise ValueError(f"sweep.trials is {self.trials} but the grid has {size} points")
+        return self
+
+    @model_validator(mode="after")
+    def _final_set_apart(self):
+        for key in self.final_set:
+            if key in self.space:
+                raise ValueError(f"final_set.{key} is searched by the space: the final run keeps the best value")
+            if key.split(".")[0] == "sweep":
+                raise ValueError(f"final_set.{key}: the final run has no sweep block to change")
         return self
 
     def objective_for(self, is_unroll: bool) -> Objective:
