@@ -58,15 +58,18 @@ def test_the_adversarial_direction_is_the_kl_hessian_times_the_probe_for_a_linea
         assert cosine > 1 - 10 * VAT_XI and direction[i].norm().item() == pytest.approx(1.0)
 
 
-def test_the_virtual_adversarial_cost_runs_without_dropout_and_trains_the_classifier():
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_the_virtual_adversarial_cost_runs_without_dropout_and_trains_the_classifier(kind):
     torch.manual_seed(0)
     x = torch.rand(8, 16)
-    layers = [LayerConfig(input=16, size=8, epochs=1, lr=0.01)]
+    layer = (LayerConfig(input=16, size=8, epochs=1, lr=0.01) if kind == "dense" else
+             LayerConfig(kind="conv", channels=2, kernel=3, pool=2, activation="sigmoid", epochs=1, lr=0.01))
+    layers = [layer]
     resolve_layers(layers, (1, 4, 4))
     model = build_classifier(None, FinetuneConfig(init="scratch", epochs=1, lr=0.1, dropout=0.5), layers, 3)
     model.train()
-    loss = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0))
-    again = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0))
+    loss = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0), entropy=0.5)
+    again = virtual_adversarial_loss(model, x, 2.0, torch.Generator().manual_seed(0), entropy=0.5)
     assert loss.item() == again.item() > 0 and model.training  # dropout off: the same value; mode restored
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
