@@ -302,7 +302,7 @@ class UnlabelledConfig(Strict):
                                                   "VAT+EntMin: confident predictions away from the labels)")
 
     @model_validator(mode="after")
-    def _ramp_in_order(self):
+    def _ramp_and_entropy_fit(self):
         if not 0 <= self.ramp[0] <= self.ramp[1] <= 1:
             raise ValueError(f"ramp {self.ramp} must be two shares 0 <= start <= end <= 1")
         if self.entropy and self.objective != "virtual_adversarial":
