@@ -30,6 +30,7 @@ from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
 from tasks.runs import NOTE_TAG, system_metrics
+from tasks.uninterrupted import interrupts_held
 from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
     run_trial
 
@@ -134,27 +135,29 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
     training.stop_requested.clear()
     try:
         while True:
-            while len(pending) < sweep.workers and finished(study) + len(pending) < sweep.trials:
-                trial = study.ask()
-                mark_running(trial, tracking.this_process())
-                params = suggest(trial, sweep.space)
-                try:
-                    cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
-                except ConfigError as exc:  # e.g. a label count the drawn values make impossible
-                    log.warning(f"trial {trial.number}: {exc}")
-                    study.tell(trial, state=TrialState.FAIL)
-                    continue
-                hooks = Trial(trial.number, study.study_name, params,
-                              _pruner_callback(trial, objective) if sweep.pruning else None)
-                future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
-                    run, cfg, hooks, data, checked.fingerprint, objective)
-                pending[future] = trial
+            with interrupts_held():  # Optuna's sqlite writes, like MLflow's, must not be cut in half
+                while len(pending) < sweep.workers and finished(study) + len(pending) < sweep.trials:
+                    trial = study.ask()
+                    mark_running(trial, tracking.this_process())
+                    params = suggest(trial, sweep.space)
+                    try:
+                        cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
+                    except ConfigError as exc:  # e.g. a label count the drawn values make impossible
+                        log.warning(f"trial {trial.number}: {exc}")
+                        study.tell(trial, state=TrialState.FAIL)
+                        continue
+                    hooks = Trial(trial.number, study.study_name, params,
+                                  _pruner_callback(trial, objective) if sweep.pruning else None)
+                    future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
+                        run, cfg, hooks, data, checked.fingerprint, objective)
+                    pending[future] = trial
             if not pending:
                 return
             time.sleep(POLL_S)
             for future in [f for f in pending if f.state.is_final()]:
-                _tell(study, pending[future], future, objective, sweep.trials)
-                del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
+                with interrupts_held():
+                    _tell(study, pending[future], future, objective, sweep.trials)
+                    del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
     except BaseException:
         training.stop_requested.set()  # the trials run in worker threads, which no signal reaches
         for trial in pending.values():  # asked again when the sweep resumes

@@ -150,7 +150,7 @@ def prepare_model_logging() -> None:
 def _log_model(run_id: str, model: torch.nn.Module, registered_name: str, example: torch.Tensor) -> str:
     """Logs the classifier to run_id and registers it; returns the new version."""
     # log_model needs the fluent active run, which is per thread: bind it to this run explicitly
-    with mlflow.start_run(run_id=run_id, nested=True):
+    with tracking.store_calls_held(), mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pytorch.log_model(
             model, name="classifier", registered_model_name=registered_name,
             input_example=example.numpy(), code_paths=[str(PROJECT_ROOT / "layerwise")],

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from layerwise.errors import Pruned
 from layerwise.locks import file_lock
 from layerwise.paths import default_tracking_uri
+from tasks.uninterrupted import UninterruptedClient, interrupts_held
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # opens the UI on training runs, not the GenAI overview
 PARENT_TAG = "mlflow.parentRunId"
@@ -55,12 +56,20 @@ def artifact_root(uri: str) -> Optional[str]:
 
 
 def client() -> MlflowClient:
+    """The store's client; a sqlite store's calls are not cut in half by an interrupt (which would
+    leave the database locked: tasks/uninterrupted.py)."""
     uri = tracking_uri()
     db = sqlite_path(uri)
     if db:
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    return UninterruptedClient(MlflowClient(uri)) if db else MlflowClient(uri)  # type: ignore[return-value]
+
+
+def store_calls_held() -> contextlib.AbstractContextManager:
+    """Around store work done outside client() (MLflow's fluent log_model): interrupts held where
+    the store is sqlite, as client() holds them for its calls."""
+    return interrupts_held() if sqlite_path(tracking_uri()) else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
