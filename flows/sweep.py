@@ -64,8 +64,9 @@ class SweepResult:
 
 
 def _study_payload(cfg, raw: dict) -> dict:
-    """What decides the study: the pipeline as written (minus the sweep's run settings) and the search."""
-    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run", "final_set"})
+    """What decides the study: the pipeline as written (minus the sweep's run settings) and the search
+    (minus how many of the trials still to come are drawn at random)."""
+    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run", "final_set", "startup_trials"})
     return {"pipeline": {k: v for k, v in raw.items() if k != "sweep"}, "sweep": sweep}
 
 

@@ -28,7 +28,8 @@ def make_sampler(sweep: SweepConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler({key: rng.grid() for key, rng in sweep.space.items()}, seed=sweep.seed)
     if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed)
+    startup = {} if sweep.startup_trials is None else {"n_startup_trials": sweep.startup_trials}
+    return optuna.samplers.TPESampler(seed=sweep.seed, **startup)
 
 
 def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:

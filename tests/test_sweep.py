@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 from layerwise.config import ConfigError, baseline_values, load_pipeline, load_raw, trial_raw
 from layerwise.config.sweep import SweepConfig, expand_key
 from layerwise.search import (BASELINE_ATTR, DIED_ATTR, RETRY_OF_ATTR, counted, finished, make_pruner, mark_running,
-                              open_study, recover, suggest)
+                              open_study, recover, study_name, suggest)
 
 SPACE_ERRORS = [
     ("{finetune.lrr: {uniform: [0.1, 1]}}", "sweep.space.finetune.lrr at 0.1: finetune.lrr: unknown key"),
@@ -75,6 +75,23 @@ def test_the_final_set_applies_last_and_is_checked_before_any_trial():
         load_pipeline("smoke-sweep", overrides=["sweep.final_set={data.val_size: 0}"])
     with pytest.raises(ConfigError, match="final_set.finetune.lr is searched by the space"):
         load_pipeline("smoke-sweep", overrides=["sweep.final_set={finetune.lr: 0.1}"])
+
+
+def test_startup_trials_is_tpes_and_changing_it_keeps_the_study(tmp_path):
+    from flows.sweep import _study_payload
+
+    with pytest.raises(ConfigError, match="startup_trials is TPE's random start; sampler random has none"):
+        load_pipeline("smoke-sweep", overrides=["sweep.sampler=random", "sweep.startup_trials=3"])
+    fewer = ["sweep.startup_trials=2"]
+    ids = {study_name("smoke-sweep", _study_payload(load_pipeline("smoke-sweep", overrides=o),
+                                                    load_raw("smoke-sweep", overrides=o))) for o in ([], fewer)}
+    assert len(ids) == 1  # a running study can be told to draw from its model sooner
+    sweep, storage = load_pipeline("smoke-sweep", overrides=fewer).sweep, f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study(sweep, "s", storage, maximise=True)
+    study.tell(study.ask(), 0.5)
+    for opened in (study, open_study(sweep, "s", storage, maximise=True)):  # new, and resumed (re-seeded)
+        assert opened.sampler._n_startup_trials == 2  # Optuna's own setting (private attribute)
+    assert open_study(_sweep(), "t", storage, maximise=True).sampler._n_startup_trials == 10  # Optuna's default
 
 
 def _sweep() -> SweepConfig:

@@ -98,6 +98,10 @@ class SweepConfig(Strict):
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna's TPE, random search, or every "
                                                                          "point of a grid of choice/int ranges")
     seed: Seed = Field(0, description="the sampler's seed")
+    startup_trials: Optional[int] = Field(None, ge=1, description=(
+        "TPE: finished trials drawn at random before it models the results (Optuna's n_startup_trials, "
+        "default 10; a short sweep wants fewer). Changing it keeps the study: it only decides how the "
+        "next trials are drawn"))
     pruning: bool = Field(False, description="stop a trial early when its per-epoch validation metric is below "
                                              "the median of earlier trials at the same epoch (Optuna's MedianPruner)")
     pruning_warmup: int = Field(2, ge=0, description="epochs every trial runs before it can be pruned (a "
@@ -124,6 +128,12 @@ class SweepConfig(Strict):
                     raise ValueError(f"space.{key}: sampler grid: {exc}") from None
             if self.trials > size:
                 raise ValueError(f"sweep.trials is {self.trials} but the grid has {size} points")
+        return self
+
+    @model_validator(mode="after")
+    def _startup_is_tpes(self):
+        if self.startup_trials is not None and self.sampler != "tpe":
+            raise ValueError(f"startup_trials is TPE's random start; sampler {self.sampler} has none")
         return self
 
     @model_validator(mode="after")
