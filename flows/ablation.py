@@ -21,6 +21,17 @@ from tasks.report import summarize_ablation
 from tasks.results import AblationResult, CellResult
 
 
+STOP_WAIT_S = 5.0
+
+
+def stop_workers(futures) -> None:
+    """Interrupted: the cells or trials run in worker threads, which no signal reaches; they stop at
+    their next batch. Waiting for that (seconds at most) keeps a worker from finding the run's
+    scratch folder already removed and failing with an unrelated FileNotFoundError."""
+    training.stop_requested.set()
+    wait(list(futures), timeout=STOP_WAIT_S)
+
+
 def runner_for(grid: AblationConfig):
     """Threads in this process (torch releases the GIL in its kernels), or a Dask cluster."""
     if grid.runner == "dask":
@@ -66,7 +77,7 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
     try:
         wait(futures)
     except BaseException:
-        training.stop_requested.set()  # interrupted: the cells run in worker threads, which no signal reaches
+        stop_workers(futures)
         raise
     failed = [f for f in futures if f.state.is_failed() or f.state.is_crashed()]
     if failed:

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from prefect import flow, runtime
 
+from flows.ablation import stop_workers
 from flows.checks import CheckedRun
 from flows.pipeline import execute
 from layerwise import training
@@ -164,6 +165,7 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
         for trial in pending.values():  # asked again when the sweep resumes
             study._storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        stop_workers(pending)
         raise
 
 

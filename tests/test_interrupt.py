@@ -96,3 +96,30 @@ def test_sigkill_leaves_nothing_listening(tracking):
     assert_all_gone(children)
     listening = {conn.laddr.port for conn in psutil.net_connections("inet") if conn.status == psutil.CONN_LISTEN}
     assert not ports & listening
+
+
+def test_ctrl_c_stops_a_sweeps_trial_which_is_asked_again(tracking, tmp_path):
+    """A sweep's trial runs in a worker thread: Ctrl-C stops it at its next batch, no error but the
+    interrupt is printed, the trial is failed as interrupted (to be asked again) and every open run
+    ends KILLED."""
+    import optuna
+    from optuna.trial import TrialState
+
+    proc, _ = run_until(["sweep", "smoke-sweep", "--set", "finetune.epochs=100000", "--data-root", str(mnist_root())],
+                        "Task run 'finetune-trial-0' - [finetune")
+    children = descendants(proc.pid)
+    try:
+        seconds, rest = interrupt(proc, signal.SIGINT, group=True)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, f"exit {proc.returncode} after {seconds:.1f} s\n{rest[-5000:]}"
+    assert "Traceback" not in rest and "FileNotFoundError" not in rest, rest[-5000:]
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    [summary] = optuna.get_all_study_summaries(storage)
+    [trial] = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["died"] == "interrupted"
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("smoke-sweep").experiment_id])
+    assert not [run.info.run_name for run in runs if run.info.status == "RUNNING"]
+    assert "KILLED" in {run.info.status for run in runs}
+    assert_all_gone(children)
