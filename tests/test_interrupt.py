@@ -63,17 +63,23 @@ def test_an_interrupt_ends_every_open_run_killed_and_leaves_no_process(tracking,
     assert_all_gone(children)
 
 
-def test_ctrl_c_stops_the_cells_running_in_worker_threads(tracking):
-    """An ablation's cells run in worker threads, which no signal reaches: they stop at their next
-    batch, and every open cell run ends KILLED."""
-    proc, _ = run_until(["run", "smoke-ablation", "--set", "finetune.epochs=100000",
-                         "--data-root", str(mnist_root())], "[finetune ")
+def ctrl_c_when(args: list[str], line: str) -> tuple[list[psutil.Process], str]:
+    """Runs the CLI with args until it prints line, then presses Ctrl-C (SIGINT to its group): it
+    must exit 130 within EXIT_WITHIN_S. Returns its children and what it printed meanwhile."""
+    proc, _ = run_until([*args, "--data-root", str(mnist_root())], line)
     children = descendants(proc.pid)
     try:
         seconds, rest = interrupt(proc, signal.SIGINT, group=True)
     finally:
         proc.kill()
     assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, f"exit {proc.returncode} after {seconds:.1f} s\n{rest[-5000:]}"
+    return children, rest
+
+
+def test_ctrl_c_stops_the_cells_running_in_worker_threads(tracking):
+    """An ablation's cells run in worker threads, which no signal reaches: they stop at their next
+    batch, and every open cell run ends KILLED."""
+    children, _ = ctrl_c_when(["run", "smoke-ablation", "--set", "finetune.epochs=100000"], "[finetune ")
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("smoke-ablation").experiment_id])
     open_runs = [run for run in runs if run.info.status == "RUNNING"]
@@ -105,14 +111,8 @@ def test_ctrl_c_stops_a_sweeps_trial_which_is_asked_again(tracking, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    proc, _ = run_until(["sweep", "smoke-sweep", "--set", "finetune.epochs=100000", "--data-root", str(mnist_root())],
-                        "Task run 'finetune-trial-0' - [finetune")
-    children = descendants(proc.pid)
-    try:
-        seconds, rest = interrupt(proc, signal.SIGINT, group=True)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, f"exit {proc.returncode} after {seconds:.1f} s\n{rest[-5000:]}"
+    children, rest = ctrl_c_when(["sweep", "smoke-sweep", "--set", "finetune.epochs=100000"],
+                                 "Task run 'finetune-trial-0' - [finetune")
     assert "Traceback" not in rest and "FileNotFoundError" not in rest, rest[-5000:]
     storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
     [summary] = optuna.get_all_study_summaries(storage)
