@@ -161,11 +161,10 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
                     _tell(study, pending[future], future, objective, sweep.trials)
                     del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
     except BaseException:
-        training.stop_requested.set()  # the trials run in worker threads, which no signal reaches
+        stop_workers(pending)  # the trials run in worker threads, which no signal reaches
         for trial in pending.values():  # asked again when the sweep resumes
             study._storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        stop_workers(pending)
         raise
 
 
