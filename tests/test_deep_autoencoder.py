@@ -45,6 +45,15 @@ def test_unrolled_fine_tuning_lowers_the_reconstruction_error():
     assert [r.metrics.keys() for r in result.history][0] == {"recon_loss", "val_sq_error"}
 
 
+def test_unrolled_fine_tuning_runs_without_validation_images():
+    # data.val_size 0 (a sweep's final run retrained on every training image): no validation metric
+    torch.manual_seed(0)
+    x = (torch.rand(64, 2) @ torch.rand(2, 12)).clamp(0, 1)
+    config = UnrollConfig(epochs=2, batch_size=16, optimizer="adam", lr=0.01)
+    result = train_unrolled(DeepAutoencoder(_stages()), x, x[:0], config)
+    assert [r.metrics.keys() for r in result.history] == [{"recon_loss"}] * 2
+
+
 def test_unroll_trains_copies_of_the_stages_as_train_unrolled_does():
     from layerwise.transfer import freeze
     from layerwise.unroll import unroll

@@ -42,6 +42,19 @@ def test_deep_autoencoder_is_unrolled_compared_with_pca_and_mapped(prefect_harne
     assert [a.path for a in client.list_artifacts(hits.info.run_id, "figures")] == ["figures/retrieval-unrolled.png"]
 
 
+def test_a_deep_autoencoder_trains_on_every_image_when_val_size_is_0(prefect_harness, tracking):
+    # what deep-ae's sweep.final_set does: the chosen recipe retrained on the validation images too
+    result = layerwise_pipeline("smoke-deep-ae", ["data.val_size=0"], data_root=str(mnist_root()))
+    client = MlflowClient()
+    runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    pretrain = next(run for run in runs if run.data.tags["layerwise.stage"] == "pretrain-1")
+    assert (pretrain.data.params["train_images"], pretrain.data.params["val_images"]) == ("500", "0")
+    unroll = client.get_run(result.outcome.unroll_run_id)
+    assert unroll.info.status == "FINISHED"
+    assert "val_sq_error" not in unroll.data.metrics and unroll.data.metrics["test_sq_error"] > 0
+    assert result.outcome.test_sq_error == pytest.approx(unroll.data.metrics["test_sq_error"])
+
+
 def test_variant_grid_pretrains_one_conv_stack_per_variant_and_shares_the_control(prefect_harness, tracking,
                                                                                  tmp_path):
     result = layerwise_pipeline("smoke-conv", data_root=str(mnist_root()))
