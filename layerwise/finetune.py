@@ -16,7 +16,8 @@ from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
 from layerwise.data import Labelled
 from layerwise.models import Classifier, build_autoencoder
 from layerwise.training import Callback, TrainResult, train_classifier
-from layerwise.transfer import classifier_from_encoders, scratch_classifier
+from layerwise.datasets.source import to_unit
+from layerwise.transfer import classifier_from_encoders, keep_pretrained_function_, scratch_classifier
 from layerwise.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
 
 __all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.data
@@ -34,12 +35,12 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
     from random init. The output layer is random, seeded by config.seed."""
     ft = config.in_force()
     if ft.init == "scratch":
-        model = scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout)
+        model = scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout, ft.batch_norm)
     elif not encoders:
         raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
     else:
         model = classifier_from_encoders([getattr(e, "encoder", e) for e in encoders], n_classes, ft.dropout,
-                                         ft.seed, ft.input_dropout)
+                                         ft.seed, ft.input_dropout, ft.batch_norm)
     if ft.unlabelled is not None and ft.unlabelled.objective == "reconstruction":
         attach_autoencoders(model, _autoencoders(encoders, ft, layers))
     return model
@@ -57,6 +58,17 @@ def _autoencoders(stages: Optional[list[nn.Module]], ft: FinetuneConfig, layers:
     return copy_trainable(stages)
 
 
+CALIBRATION_IMAGES = 2048  # what a pretrained block's batch norm is set up on (keep_pretrained_function_)
+
+
+def _sample(labelled: Labelled, seed: int, device: torch.device) -> torch.Tensor:
+    """Up to CALIBRATION_IMAGES of the images the fine-tune trains on (unlabelled ones where it has
+    them), drawn with the cell's seed."""
+    pool = labelled.x_unlabelled if labelled.x_unlabelled is not None and len(labelled.x_unlabelled) else labelled.x_train
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:CALIBRATION_IMAGES]
+    return to_unit(pool[pick].to(device))
+
+
 def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: FinetuneConfig,
              layers: list[LayerConfig], n_classes: int = MNIST_CLASSES, name: str = "finetune",
              callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Finetuned:
@@ -67,5 +79,7 @@ def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: Fi
     `encoders` are the stack's whole stages (their decoders are kept while it trains)."""
     ft = config.in_force()
     model = build_classifier(encoders, config, layers, n_classes).to(device or labelled.x_train.device)
+    if ft.batch_norm and ft.init == "pretrained":
+        keep_pretrained_function_(model, _sample(labelled, ft.seed, next(model.parameters()).device))
     result = train_classifier(model, labelled, ft, ft.seed, name, callback)
     return Finetuned(detach_autoencoders(model), result)

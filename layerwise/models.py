@@ -36,7 +36,10 @@ class ConvEncoder(nn.Sequential):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The flat code and the pooling indices (where each max came from)."""
-        maps = self[1](self[0](x.reshape(-1, *self.input_shape)))
+        maps = self[0](x.reshape(-1, *self.input_shape))
+        if "norm" in self._modules:  # a classifier's block with batch_norm (with_batch_norm)
+            maps = self.norm(maps)
+        maps = self[1](maps)
         pooled, indices = self[2](maps)
         return pooled.flatten(1), indices
 
@@ -205,6 +208,21 @@ class DeepAutoencoder(Reconstructor):
         return as_pixels(self.decode(code), self.loss)
 
 
+def with_batch_norm(block: nn.Sequential) -> nn.Sequential:
+    """The block with batch normalisation between its weights ([0], still [0]) and its activation:
+    a dense block becomes Linear, BatchNorm1d, activation; a conv block normalises its maps
+    (BatchNorm2d, as its `norm`) before the activation and the pooling."""
+    first = block[0]
+    if isinstance(block, ConvEncoder):
+        block.add_module("norm", nn.BatchNorm2d(first.out_channels))
+        return block
+    return nn.Sequential(first, nn.BatchNorm1d(first.out_features), *list(block)[1:])
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def reset_linear(linear: nn.Linear, generator: torch.Generator) -> nn.Linear:
     """nn.Linear's own default init (Kaiming-uniform weight, uniform bias), drawn from generator."""
     nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
@@ -219,21 +237,25 @@ class Classifier(nn.Module):
     Everything random in a classifier comes from generators, never torch's global RNG: fine-tunes
     that run side by side as threads of one process would otherwise draw from the same global
     stream, and a cell's result would depend on its neighbour's timing. The output layer is drawn
-    from `generator`; dropout masks from `noise`, which the training loop sets."""
+    from `generator`; dropout masks from `noise`, which the training loop sets. With batch_norm each
+    hidden block normalises before its activation (with_batch_norm). `dropping` False turns dropout
+    off in training mode (the unlabelled objectives' extra passes), leaving batch norm in it."""
 
     def __init__(self, hidden: list[nn.Sequential], n_classes: int, dropout: float = 0.0,
-                 input_dropout: float = 0.0, generator: Optional[torch.Generator] = None):
+                 input_dropout: float = 0.0, generator: Optional[torch.Generator] = None,
+                 batch_norm: bool = False):
         super().__init__()
-        self.hidden = nn.ModuleList(hidden)
+        self.hidden = nn.ModuleList([with_batch_norm(block) for block in hidden] if batch_norm else hidden)
         self.dropout, self.input_dropout = dropout, input_dropout
         self.output = nn.Linear(code_width(hidden[-1]), n_classes)
         if generator is not None:
             reset_linear(self.output, generator)
         self.noise: Optional[torch.Generator] = None
+        self.dropping = True
 
     def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
         """Inverted dropout (kept units scaled by 1/(1-p)) in training mode, masks from self.noise."""
-        if not self.training or p == 0:
+        if not self.training or not getattr(self, "dropping", True) or p == 0:  # older pickles: no flag
             return x
         # drawn on the CPU from the cell's generator whatever the device, in fp32 whatever x's dtype:
         # the same masks everywhere and under bf16 (where bf16 draws were also 1.5x slower)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from layerwise.data import Labelled
 from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled per batch
 from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
 from layerwise.models import Classifier, DeepAutoencoder, Reconstructor, code_width
+from layerwise.unlabelled import UnlabelledObjective, recorded_statistics
 
 ACTIVE_THRESHOLD = 0.1  # a code unit counts as active on an input when |h| > 0.1
 
@@ -92,6 +94,26 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def linear_decay_(opt: torch.optim.Optimizer, total_steps: int, start: float, beta1: Optional[float] = None) -> None:
+    """Every group's learning rate held for the first start * total_steps steps, then falling linearly
+    to 0 at total_steps, updated after each step (Miyato et al. 2018's schedule; Adam's beta1 set to
+    `beta1` while it falls). A post-step hook: the loop that steps the optimizer needs no change."""
+    base = [group["lr"] for group in opt.param_groups]
+    begin = start * total_steps
+    done = {"steps": 0}
+
+    def after_step(*_) -> None:
+        done["steps"] = t = done["steps"] + 1
+        if t < begin:
+            return
+        factor = max(0.0, (total_steps - t) / (total_steps - begin))
+        for group, lr in zip(opt.param_groups, base):
+            group["lr"] = lr * factor
+            if beta1 is not None and "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
+    opt.register_step_post_hook(after_step)
 
 
 # Signals reach only the main thread; loops running in worker threads (an ablation's cells) stop at
@@ -283,8 +305,6 @@ def unlabelled_part(config: TrainingConfig, labelled: Labelled, total_steps: int
         return None
     if labelled.x_unlabelled is None:
         raise ValueError("finetune.unlabelled needs the unlabelled images: Labelled(..., x_unlabelled=...)")
-    from layerwise.unlabelled import UnlabelledObjective
-
     return UnlabelledObjective(settings, labelled.x_unlabelled, total_steps, torch.Generator().manual_seed(seed + 1))
 
 
@@ -321,12 +341,15 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
 
     def step(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xb = to_unit(x_train[idx].to(device, non_blocking=True))
-        with reduced(xb, config.precision):
-            logits = model(xb)
-        loss = F.cross_entropy(logits.float(), y_train[idx].to(device, non_blocking=True))
+        drawn = extra and extra.draw(where["step"], device, where["head_only"])
+        joint = drawn is not None and extra.joint_with(model)
+        with reduced(xb, config.precision), (recorded_statistics(model) if joint else nullcontext({})) as stats:
+            logits = model(torch.cat([xb, drawn[0]]) if joint else xb)  # joint: labelled and unlabelled at once
+        loss = F.cross_entropy(logits[:len(idx)].float(), y_train[idx].to(device, non_blocking=True))
         if extra is None:
             return loss, loss
-        added = extra.loss(model, where["step"], device, where["head_only"])
+        added = drawn and drawn[1] * (extra.value(model, drawn[0], logits[len(idx):], stats) if joint
+                                      else extra.value(model, drawn[0]))
         where["step"] += 1
         # train_loss reports the labelled part, comparable with a fine-tune without unlabelled data
         return (loss if added is None else loss + added), loss
@@ -343,6 +366,9 @@ def train_classifier(model: Classifier, labelled: Labelled, config: TrainingConf
             opt.register_step_post_hook(lambda *_: max_norm_(model, config.max_norm))
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=phase_epochs)
                  if config.schedule == "cosine" and not head_only else None)
+        if config.schedule == "linear_decay" and not head_only:
+            linear_decay_(opt, phase_epochs * -(-len(x_train) // config.batch_size), config.decay_start,
+                          config.decay_beta1)
         for _ in range(phase_epochs):
             epoch += 1
             t0 = time.perf_counter()
@@ -398,6 +424,8 @@ def train_unrolled(model: DeepAutoencoder, x_train: torch.Tensor, x_val: torch.T
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum, config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if config.schedule == "cosine" else None
+    if config.schedule == "linear_decay":
+        linear_decay_(opt, epochs * -(-len(x_train) // config.batch_size), config.decay_start, config.decay_beta1)
     result, started = TrainResult(), time.perf_counter()
     hint = f"look at unroll.lr ({config.lr}), unroll.optimizer ({config.optimizer}) and unroll.l2 ({l2})"
 

@@ -236,7 +236,13 @@ class Optimization(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
-    schedule: Literal["constant", "cosine"] = "cosine"
+    schedule: Literal["constant", "cosine", "linear_decay"] = Field(
+        "cosine", description="constant; cosine (annealed to 0 over the epochs); linear_decay (constant, then "
+                              "falling linearly to 0 over the last steps after decay_start, step by step)")
+    decay_start: float = Field(0.5, ge=0, lt=1, description="linear_decay: the share of the steps after which "
+                                                            "the learning rate falls (Miyato et al. 2018: 0.5)")
+    decay_beta1: Optional[float] = Field(None, ge=0, lt=1, description="linear_decay with adam: Adam's beta1 "
+                                                                       "while the rate falls (Miyato et al.: 0.5)")
     precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
 
 
@@ -250,6 +256,9 @@ class TrainingConfig(Optimization):
                                                    "(hidden and output) is scaled back to at most this L2 "
                                                    "norm (Srivastava et al. 2014's max-norm); 0: off")
     head_epochs: int = Field(0, ge=0, description="epochs training only the output layer before all layers")
+    batch_norm: bool = Field(False, description="batch normalisation between each hidden layer's weights and its "
+                                                "activation (dense layers); a pretrained layer's is set up to "
+                                                "leave the pretrained function unchanged at the start")
     min_steps: int = Field(0, ge=0, description="at least this many optimizer steps: small labelled sets "
                                                 "get more epochs")
     keep: Literal["best_val", "last"] = Field(
@@ -300,13 +309,16 @@ class UnlabelledConfig(Strict):
     entropy: float = Field(0.0, ge=0, description="virtual_adversarial only: weight of the entropy of the "
                                                   "unlabelled predictions, added to the objective (Miyato's "
                                                   "VAT+EntMin: confident predictions away from the labels)")
+    power_iterations: int = Field(1, ge=1, description="virtual_adversarial only: power iterations that find "
+                                                        "the most sensitive direction (Miyato et al.: 1)")
 
     @model_validator(mode="after")
     def _ramp_and_entropy_fit(self):
         if not 0 <= self.ramp[0] <= self.ramp[1] <= 1:
             raise ValueError(f"ramp {self.ramp} must be two shares 0 <= start <= end <= 1")
-        if self.entropy and self.objective != "virtual_adversarial":
-            raise ValueError(f"entropy is a virtual_adversarial setting, not one of {self.objective}")
+        for key in ("entropy", "power_iterations"):
+            if key in self.model_fields_set and self.objective != "virtual_adversarial":
+                raise ValueError(f"{key} is a virtual_adversarial setting, not one of {self.objective}")
         return self
 
     def weight_in_force(self) -> float:
@@ -338,6 +350,12 @@ class FinetuneConfig(TrainingConfig):
         if u and u.objective == "consistency" and u.noise == 0 and self.dropout == 0 and self.input_dropout == 0:
             raise ValueError("unlabelled.objective consistency needs noise (unlabelled.noise, dropout or "
                              "input_dropout): two identical passes agree by construction")
+        for ft in (self, self.in_force()):
+            if (ft.batch_norm and u and u.objective == "virtual_adversarial"
+                    and (ft.dropout or ft.input_dropout)):
+                raise ValueError("batch_norm with the virtual_adversarial objective takes no dropout: the "
+                                 "labelled and unlabelled images share one pass, whose unlabelled half is "
+                                 "the clean prediction (set dropout and input_dropout to 0)")
         return self
 
 
