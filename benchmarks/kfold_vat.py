@@ -11,6 +11,7 @@ holds only the cell's labelled images and its unlabelled pool: `prepare`).
 
     python -m benchmarks.kfold_vat prepare --out cell.pt [--stack stack.pt]   # needs the project
     python -m benchmarks.kfold_vat run cell.pt grid.json --out DIR            # needs torch alone
+    python -m benchmarks.kfold_vat plot DIR/results.json ... --out curves.png
 
 The rule: among the groups marked `choose`, the setting with the lowest held-out error at the
 last step, averaged over its folds and its inits (pretrained and scratch get one setting, as the
@@ -284,6 +285,40 @@ def run(cell_path: Path, grid_path: Path, out: Path, seed: int) -> None:
     print("choice:", json.dumps(summary["choice"]))
 
 
+def plot(results: list[Path], out: Path) -> None:
+    """Held-out error against steps, averaged over the folds, one panel per group of each results
+    file, one line per setting (init included)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for path in results:
+        data = json.loads(path.read_text())
+        for group in dict.fromkeys(m["group"] for m in data["members"]):
+            panels.append((f"{path.stem}: {group}", [m for m in data["members"] if m["group"] == group]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (title, members) in zip(axes[0], panels):
+        by_setting: dict = {}
+        for m in members:
+            by_setting.setdefault(json.dumps(m["setting"], sort_keys=True), []).append(m["curve"])
+        for setting, curves in sorted(by_setting.items()):
+            steps = [p["step"] for p in curves[0]]
+            mean = [100 * sum(c[i]["error"] for c in curves) / len(curves) for i in range(len(steps))]
+            label = ", ".join(f"{k} {v}" for k, v in json.loads(setting).items())
+            ax.plot(steps, mean, label=label, linewidth=1)
+        ax.axhline(2.0, color="black", linestyle=":", linewidth=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out error %, mean over folds")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,8 +334,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("grid", type=Path)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("plot")
+    f.add_argument("results", type=Path, nargs="+")
+    f.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "prepare":
+    if args.command == "plot":
+        plot(args.results, args.out)
+    elif args.command == "prepare":
         prepare(args.out, args.stack, args.labels, args.seed, args.split_seed, args.val_size)
     else:
         run(args.cell, args.grid, args.out, args.seed)
