@@ -8,10 +8,10 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from layerwise.cache import content_key
+from layerwise.store.cache import content_key
 from layerwise.config import AblationConfig, PipelineConfig
-from layerwise import training  # the module, not its Event: a flow's globals travel to Dask workers
-from layerwise.device import spread
+from layerwise.train import loop as training  # the module, not its Event: a flow's globals travel to Dask workers
+from layerwise.machine.device import spread
 from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.finetune import finetune

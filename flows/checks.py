@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from flows.schedules import check_schedules
 from layerwise.config import ConfigError, DataFacts, PipelineConfig, describe_errors, load_pipeline
-from layerwise.memory import check_fits
+from layerwise.machine.memory import check_fits
 from layerwise.paths import data_root
 
 
@@ -34,7 +34,7 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
     root: the data root (MNIST, torchvision); source: the pipelines file (a relative data.path is
     its folder's). Raises DataError for bad data, ConfigError where the config does not fit it."""
     if cfg.data.source == "mnist":  # known without decoding: the files' MD5s are the check
-        from layerwise.data import ensure_mnist
+        from layerwise.datasets.splits import ensure_mnist
 
         return cfg, ensure_mnist(root, allow_download)
     from layerwise.datasets import load_source
@@ -60,14 +60,14 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
 def check_device(pipeline: str, cfg: PipelineConfig, source: str) -> str:
     """cfg.device on this machine: `device: cuda` where there is no CUDA, or `precision: bf16` on a
     CPU without bf16 matrix instructions, is a ConfigError (exit 2)."""
-    from layerwise.device import resolve_device
+    from layerwise.machine.device import resolve_device
 
     try:
         device = resolve_device(cfg.device)
     except ConfigError as exc:
         raise ConfigError(f"{source}: pipeline '{pipeline}': {exc}") from None
     if device.type == "cpu" and cfg.precision == "bf16":
-        from layerwise.cpu import bf16_problem
+        from layerwise.machine.cpu import bf16_problem
 
         problem = bf16_problem()
         if problem:

@@ -154,7 +154,7 @@ def cmd_run(args) -> int:
 
     from flows.pipeline import layerwise_pipeline
     from flows.prefect_api import temporary_api
-    from layerwise.device import describe_device
+    from layerwise.machine.device import describe_device
     from tasks.finetune import prepare_model_logging
 
     if checked.cfg.finetune and not checked.cfg.ablation:  # the one fine-tune's model is logged
@@ -179,7 +179,7 @@ def cmd_sweep(args) -> int:
 
     from flows.prefect_api import temporary_api
     from flows.sweep import layerwise_sweep
-    from layerwise.device import describe_device
+    from layerwise.machine.device import describe_device
 
     cfg, uri = checked.cfg, checked.tracking_uri
     print(f"layerwise: sweeping '{args.name}' ({cfg.shape_text()}, {cfg.sweep.trials} trials, {cfg.sweep.sampler}, "

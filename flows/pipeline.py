@@ -14,11 +14,11 @@ from prefect import flow, runtime
 from flows.ablation import label_ablation, runner_for
 from flows.checks import CheckedRun, check_run
 from flows.deep_autoencoder import deep_autoencoder
-from layerwise.cache import stage_key
+from layerwise.store.cache import stage_key
 from layerwise.config import PipelineConfig
-from layerwise.device import codes_bytes, describe_device, place, use_tf32
+from layerwise.machine.device import codes_bytes, describe_device, place, use_tf32
 from layerwise.paths import DEFAULT_CONFIG, work_root
-from layerwise.stack import Splits, pretrain_stack
+from layerwise.train.stack import Splits, pretrain_stack
 from tasks import tracking
 from tasks.analyses import retrieval
 from tasks.data import prepare_data

@@ -19,12 +19,12 @@ from prefect import flow, runtime
 from flows.ablation import stop_workers
 from flows.checks import CheckedRun
 from flows.pipeline import execute
-from layerwise import training
+from layerwise.train import loop as training
 from layerwise.config import ConfigError, baseline_values, load_raw, trial_raw, validate_pipeline
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
-from layerwise.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
+from layerwise.report.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
                               plot_importance, recover, study_name, suggest, trials_table)
 from tasks import tracking
 from tasks.context import RunContext, Trial

@@ -8,7 +8,7 @@ import torch
 from prefect import task
 
 from layerwise.config import DataConfig
-from layerwise.data import split_source
+from layerwise.datasets.splits import split_source
 from layerwise.datasets import load_source
 from layerwise.paths import work_root
 from tasks.datasets import split
@@ -70,7 +70,7 @@ def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
 def source_uri(cfg: DataConfig, root: Path) -> str:
     """The folder or file a source's images came from."""
     if cfg.source == "mnist":
-        from layerwise.data import raw_dir
+        from layerwise.datasets.splits import raw_dir
 
         return str(raw_dir(root).resolve())
     if cfg.source == "torchvision":

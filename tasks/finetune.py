@@ -10,16 +10,16 @@ import mlflow
 import torch
 from prefect import task
 
-from layerwise.cache import Store, load_file
-from layerwise.checkpoint import load_encoder, load_stage
+from layerwise.store.cache import Store, load_file
+from layerwise.store.checkpoint import load_encoder, load_stage
 from layerwise.config import PipelineConfig, flatten
-from layerwise.data import label_subset
+from layerwise.datasets.splits import label_subset
 from layerwise.datasets import to_unit
 from layerwise.paths import PROJECT_ROOT, work_root
-from layerwise.finetune import Labelled
-from layerwise.finetune import finetune as train
-from layerwise.training import accuracy, configure_cpu
-from layerwise.transfer import freeze
+from layerwise.train.finetune import Labelled
+from layerwise.train.finetune import finetune as train
+from layerwise.train.loop import accuracy, configure_cpu
+from layerwise.nn.transfer import freeze
 from tasks import tracking
 from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles
@@ -51,7 +51,7 @@ def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
     tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed),
             "layerwise.method": cfg.method()}
     if ft.unlabelled is not None:
-        tags["layerwise.unlabelled"] = ft.unlabelled.objective
+        tags["layerwise.nn.unlabelled"] = ft.unlabelled.objective
     if ft.init == "pretrained" and cfg.variant:
         tags["layerwise.variant"] = cfg.variant
     return tags

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from layerwise.config import DataConfig
-from layerwise.report import plot_ablation, results_frame, summary_frame, summary_markdown
+from layerwise.report.tables import plot_ablation, results_frame, summary_frame, summary_markdown
 from tasks import tracking
 
 

@@ -14,7 +14,7 @@ from mlflow.entities import RunStatus
 from prefect import task
 
 from layerwise.config import PipelineConfig, flatten
-from layerwise.device import place
+from layerwise.machine.device import place
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
 from tasks import tracking

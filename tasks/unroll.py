@@ -9,15 +9,15 @@ from typing import Optional
 import torch
 from prefect import task
 
-from layerwise.cache import Store, content_key, load_file
-from layerwise.checkpoint import load_stage
+from layerwise.store.cache import Store, content_key, load_file
+from layerwise.store.checkpoint import load_stage
 from layerwise.config import LayerConfig, PipelineConfig, flatten
-from layerwise.device import place
-from layerwise.encode import encode
-from layerwise.models import DeepAutoencoder, build_autoencoder
+from layerwise.machine.device import place
+from layerwise.train.evaluate import encode
+from layerwise.nn.models import DeepAutoencoder, build_autoencoder
 from layerwise.paths import work_root
-from layerwise.training import configure_cpu
-from layerwise.unroll import unroll
+from layerwise.train.loop import configure_cpu
+from layerwise.train.unroll import unroll
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import DataFiles

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.cache import TRAINING_SOURCES, Store, code_version, load_file, stage_key
+from layerwise.store.cache import TRAINING_SOURCES, Store, code_version, load_file, stage_key
 
 PRETRAIN = {"seed": 0, "data": {"train_size": None, "val_size": 10000, "split_seed": 0},
             "layers": [{"size": 1000, "l1": 0.03, "epochs": 3}, {"size": 500, "l1": 0.03, "epochs": 3}]}
@@ -174,13 +174,13 @@ def test_load_file_names_the_file_and_drops_torchs_advice(tmp_path):
 
 
 # ---- the code version: the training code's bytes, nothing else --------------------------------------
-# A real check on a copy of the sources: layerwise.cache.PACKAGE is pointed at a copy of the package
+# A real check on a copy of the sources: layerwise.store.cache.PACKAGE is pointed at a copy of the package
 # (beside copies of flows/ and tasks/), the copy's files are edited, and the real hash is taken.
 
 @pytest.fixture
 def sources(tmp_path, monkeypatch):
     """A copy of layerwise/, flows/ and tasks/ under tmp_path; the code version reads the copy."""
-    from layerwise import cache
+    from layerwise.store import cache
 
     repo = cache.PACKAGE.parent
     copy = tmp_path / "repo"
@@ -230,7 +230,7 @@ def test_editing_a_flow_a_task_or_other_code_keeps_the_code_version_and_the_stag
 
 def test_a_running_process_keys_by_the_code_it_loaded_not_by_later_edits(sources, monkeypatch):
     """A sweep runs for hours while its sources are edited: its keys stay those of the code it runs."""
-    from layerwise import cache
+    from layerwise.store import cache
 
     monkeypatch.setattr(cache, "_RUNNING", (cache.PACKAGE, cache._hash_sources(cache.PACKAGE)))  # as at start
     before = _keys()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import mnist_root
-from layerwise.data import DataError, MNIST_MD5, balanced_order, label_subset, load_mnist, verify_mnist
+from layerwise.datasets.splits import DataError, MNIST_MD5, balanced_order, label_subset, load_mnist, verify_mnist
 
 
 def _labels(n_per_class=(30, 25, 40), seed=0):

@@ -49,7 +49,7 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
     assert parent.data.params["finetune.labels"] == "200" and parent.data.params["layers.0.l1"] == "0.03"
     device = "cuda" if torch.cuda.is_available() else "cpu"  # device: auto
     assert parent.data.params["resolved_device"].startswith(device)
-    assert parent.data.tags["layerwise.device"] == parent.data.params["resolved_device"]
+    assert parent.data.tags["layerwise.machine.device"] == parent.data.params["resolved_device"]
     logged = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "pipeline.yaml", str(tmp_path))))
     assert logged["pipelines"]["smoke"]["layers"][2]["size"] == 500
 
@@ -59,7 +59,7 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
         run = children[f"pretrain-{index}"]
         assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"pretrain-{index} ")
         assert run.data.tags["layerwise.pipeline"] == "smoke"
-        assert run.data.tags["layerwise.device"] == parent.data.tags["layerwise.device"]
+        assert run.data.tags["layerwise.machine.device"] == parent.data.tags["layerwise.machine.device"]
         assert run.data.params["layer.size"] == ["1000", "1000", "500"][index - 1]
         for metric in ("recon_loss", "val_recon_loss", "code_l1", "code_active_frac"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1]
@@ -89,7 +89,7 @@ def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking)
 
 
 def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
-    from layerwise.training import DivergedError
+    from layerwise.train.loop import DivergedError
 
     with pytest.raises(DivergedError, match=r"stage finetune pretrained-200-seed0: loss became nan in epoch 1; look at finetune\.lr"):
         layerwise_pipeline("smoke", [f"layers.{i}.activation=relu" for i in range(3)] + ["finetune.lr=1e3"],
@@ -118,7 +118,7 @@ def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(pr
 
 def test_a_diverging_pretraining_stage_stops_naming_its_settings_and_keeps_earlier_stages(prefect_harness, tracking,
                                                                                              tmp_path):
-    from layerwise.training import DivergedError
+    from layerwise.train.loop import DivergedError
 
     bad = ["layers.1.activation=relu", "layers.1.loss=mse", "layers.1.optimizer=sgd", "layers.1.lr=1e6"]
     with pytest.raises(DivergedError, match=r"stage pretrain-2: loss became (nan|inf) in epoch 1; look at "

@@ -2,8 +2,8 @@
 use unlabelled images only where the grid has an unlabelled objective."""
 import pandas as pd
 
-from layerwise.anchors import UNLABELLED_ERRORS
-from layerwise.report import plot_ablation, reference_points, results_frame, summary_frame, summary_markdown
+from layerwise.report.anchors import UNLABELLED_ERRORS
+from layerwise.report.tables import plot_ablation, reference_points, results_frame, summary_frame, summary_markdown
 
 
 def _results(inits):

@@ -10,12 +10,12 @@ from torch import nn
 
 from layerwise.config import FinetuneConfig, LayerConfig, resolve_layers
 from layerwise.config.schema import UnlabelledConfig
-from layerwise.data import Labelled
-from layerwise.finetune import build_classifier, finetune
-from layerwise.models import Classifier, batch_norms
-from layerwise.training import linear_decay_, train_classifier
-from layerwise.transfer import keep_pretrained_function_
-from layerwise.unlabelled import (UnlabelledObjective, adversarial_direction, ramp, statistics_kept,
+from layerwise.datasets.splits import Labelled
+from layerwise.train.finetune import build_classifier, finetune
+from layerwise.nn.models import Classifier, batch_norms
+from layerwise.train.loop import linear_decay_, train_classifier
+from layerwise.nn.transfer import keep_pretrained_function_
+from layerwise.nn.unlabelled import (UnlabelledObjective, adversarial_direction, ramp, statistics_kept,
                                   virtual_adversarial_loss)
 
 

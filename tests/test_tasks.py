@@ -6,7 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import mnist_root
-from layerwise.checkpoint import load_encoder
+from layerwise.store.checkpoint import load_encoder
 from layerwise.config import PipelineConfig
 from tasks import tracking as tr
 from tasks.data import prepare_data

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from layerwise.config import Denoising, FinetuneConfig, LayerConfig, TrainingConfig, resolve_layers
-from layerwise.data import Labelled
-from layerwise.encode import encode
-from layerwise.stack import pretrain_stack, pretrain_stage
-from layerwise.models import Autoencoder
-from layerwise.training import train_autoencoder, train_classifier
-from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
+from layerwise.datasets.splits import Labelled
+from layerwise.train.evaluate import encode
+from layerwise.train.stack import pretrain_stack, pretrain_stage
+from layerwise.nn.models import Autoencoder
+from layerwise.train.loop import train_autoencoder, train_classifier
+from layerwise.nn.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
 def _dense(n_in, n_out, activation):
@@ -95,7 +95,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
                               _training(epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last"), seed=0,
                               callback=lambda r: seen.append(r.metrics["val_accuracy"]))
     assert result.best_epoch == 4 and len(seen) == 4
-    from layerwise.training import accuracy
+    from layerwise.train.loop import accuracy
 
     assert accuracy(clf, x, y) == seen[-1]
     best = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
@@ -105,7 +105,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
 
 
 def test_a_seeded_stage_reproduces_bit_for_bit():
-    from layerwise.models import seeded_autoencoder
+    from layerwise.nn.models import seeded_autoencoder
 
     x = torch.rand(64, 12, generator=torch.Generator().manual_seed(0))
     weights = []
@@ -137,7 +137,7 @@ def test_head_epochs_train_the_output_layer_alone_first():
 
 
 def test_hidden_layers_learn_at_a_scaled_rate():
-    from layerwise.training import classifier_optimizer
+    from layerwise.train.loop import classifier_optimizer
 
     clf = scratch_classifier([_dense(12, 8, "sigmoid"), _dense(8, 6, "sigmoid")], 3, 0.0, seed=0)
     opt = classifier_optimizer(clf, "sgd", 0.2, 0.9, 0.0, hidden_lr_scale=0.1)
@@ -147,7 +147,7 @@ def test_hidden_layers_learn_at_a_scaled_rate():
 
 
 def test_max_norm_scales_back_only_the_rows_past_the_limit():
-    from layerwise.training import max_norm_
+    from layerwise.train.loop import max_norm_
 
     clf = scratch_classifier([_dense(4, 3, "sigmoid")], 2, 0.0, seed=0)
     rows = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 10.0]])  # norms 5, 0.5, 10

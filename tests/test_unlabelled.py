@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from layerwise.config import FinetuneConfig, LayerConfig, PipelineConfig, resolve_layers
 from layerwise.config.schema import UnlabelledConfig
-from layerwise.data import Labelled
-from layerwise.finetune import build_classifier, finetune
-from layerwise.stack import pretrain_stack
-from layerwise.unlabelled import (VAT_XI, adversarial_direction, consistency_loss, pseudo_label_loss, ramp,
+from layerwise.datasets.splits import Labelled
+from layerwise.train.finetune import build_classifier, finetune
+from layerwise.train.stack import pretrain_stack
+from layerwise.nn.unlabelled import (VAT_XI, adversarial_direction, consistency_loss, pseudo_label_loss, ramp,
                                   stack_reconstruction_loss, virtual_adversarial_loss)
 
 
@@ -125,7 +125,7 @@ def test_reconstruction_keeps_each_stage_and_trains_its_decoder_through_the_shar
         if stages[0].loss == "bce" else None
     value = stack_reconstruction_loss(model, x, 0.0, torch.Generator())
     _, out2 = model.autoencoders[1](h1)
-    from layerwise.losses import reconstruction_loss
+    from layerwise.nn.losses import reconstruction_loss
     manual = reconstruction_loss(model.autoencoders[0](x)[1], x, stages[0].loss) + \
         reconstruction_loss(out2, h1, stages[1].loss)
     assert torch.allclose(value, manual)

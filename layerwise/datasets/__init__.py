@@ -1,5 +1,5 @@
 """Where a run's images come from (`data.source`): the official MNIST files, a torchvision dataset,
-a folder of images, or arrays in an .npz. Each gives a SourceData; layerwise.data splits it."""
+a folder of images, or arrays in an .npz. Each gives a SourceData; layerwise.datasets.splits splits it."""
 from layerwise.datasets.load import hold_out_test, load_source, source_path
 from layerwise.datasets.source import UNLABELLED, Part, SourceData, check_source, to_unit
 

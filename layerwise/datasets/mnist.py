@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerwise.data import ensure_mnist, raw_dir
+from layerwise.datasets.splits import ensure_mnist, raw_dir
 from layerwise.datasets.source import Part, SourceData
 
 

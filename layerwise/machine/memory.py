@@ -27,7 +27,7 @@ from layerwise.config import ConfigError, PipelineConfig
 
 FLOAT = 4
 TRAINING_COPIES = 4            # weights, gradients, Adam's first and second moments
-EVAL_BATCH = 8192              # the batch of layerwise.encode, evaluate_autoencoder and predict
+EVAL_BATCH = 8192              # the batch of layerwise.train.evaluate, evaluate_autoencoder and predict
 RUNTIME_BYTES = 1_500_000_000  # the imports (python, torch, prefect, mlflow) measured ~0.9 GB resident,
                                # plus the temporary Prefect API and the retrieval/PCA working set
 
@@ -84,7 +84,7 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
     """The estimate of each phase of the run (see the module's docstring for what is counted)."""
     facts = cfg.data.found  # the images' shape, classes and counts (check_run binds them)
     images = cfg.data.pool + facts.unlabelled + facts.test
-    from layerwise.data import keeps_uint8
+    from layerwise.datasets.splits import keeps_uint8
 
     values = images * cfg.data.width
     pixels = values * (1 if keeps_uint8(values) else FLOAT)  # uint8 where the float copy would not fit comfortably

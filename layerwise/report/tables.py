@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerwise.anchors import FEW_LABEL_ERRORS, SOURCE, UNLABELLED_ERRORS, UNLABELLED_SOURCE
+from layerwise.report.anchors import FEW_LABEL_ERRORS, SOURCE, UNLABELLED_ERRORS, UNLABELLED_SOURCE
 
 COLUMNS = ["labels", "seed", "init", "test_error", "test_accuracy", "best_epoch", "train_seconds", "run_id",
            "trained_by"]

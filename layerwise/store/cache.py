@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-PACKAGE = Path(__file__).resolve().parent
-TRAINING_SOURCES = ("models.py", "losses.py", "training.py", "data.py", "checkpoint.py", "encode.py",
-                    "transfer.py", "stack.py", "finetune.py", "unroll.py", "unlabelled.py",
+PACKAGE = Path(__file__).resolve().parent.parent  # layerwise/
+TRAINING_SOURCES = ("nn/models.py", "nn/losses.py", "train/loop.py", "datasets/splits.py", "store/checkpoint.py",
+                    "train/evaluate.py", "nn/transfer.py", "train/stack.py", "train/finetune.py", "train/unroll.py",
+                    "nn/unlabelled.py",
                     # how a source's images become pixels (decoding, layout, scaling, the held-out test split)
                     "datasets/source.py", "datasets/load.py", "datasets/mnist.py", "datasets/torchvision_source.py",
                     "datasets/folder.py", "datasets/arrays.py")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from layerwise.config import LayerConfig
-from layerwise.models import Reconstructor, build_autoencoder
+from layerwise.nn.models import Reconstructor, build_autoencoder
 
 
 def save_stage(path: Path, model: nn.Module, config: dict) -> Path:

@@ -7,7 +7,7 @@ from torch import nn
 from typing import Optional
 
 from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled per batch
-from layerwise.training import reduced
+from layerwise.train.loop import reduced
 
 
 @torch.inference_mode()
@@ -18,7 +18,7 @@ def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 8192, precisio
     was_training = encoder.training
     encoder.eval()
     # computed where the encoder is; the codes stay where x is (host memory when the data did not
-    # fit on the accelerator: see layerwise.device.place). An empty split (data.val_size: 0) still
+    # fit on the accelerator: see layerwise.machine.device.place). An empty split (data.val_size: 0) still
     # gets its [0, width] codes.
     device = next(encoder.parameters()).device
     out = []

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
-from layerwise.data import Labelled
-from layerwise.models import Classifier, build_autoencoder
-from layerwise.training import Callback, TrainResult, train_classifier
+from layerwise.datasets.splits import Labelled
+from layerwise.nn.models import Classifier, build_autoencoder
+from layerwise.train.loop import Callback, TrainResult, train_classifier
 from layerwise.datasets.source import to_unit
-from layerwise.transfer import classifier_from_encoders, keep_pretrained_function_, scratch_classifier
-from layerwise.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
+from layerwise.nn.transfer import classifier_from_encoders, keep_pretrained_function_, scratch_classifier
+from layerwise.nn.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
 
-__all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.data
+__all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.datasets.splits
 
 
 @dataclass

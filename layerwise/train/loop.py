@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.config import FinetuneConfig, LayerConfig, TrainingConfig, UnrollConfig
-from layerwise.cpu import compiled, should_compile
-from layerwise.data import Labelled
+from layerwise.machine.cpu import compiled, should_compile
+from layerwise.datasets.splits import Labelled
 from layerwise.datasets.source import to_unit  # pixels kept as uint8 are scaled per batch
-from layerwise.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
-from layerwise.models import Classifier, DeepAutoencoder, Reconstructor, code_width
-from layerwise.unlabelled import UnlabelledObjective, recorded_statistics
+from layerwise.nn.losses import contractive_penalty, corrupt, l1_penalty, l2_penalty, reconstruction_loss
+from layerwise.nn.models import Classifier, DeepAutoencoder, Reconstructor, code_width
+from layerwise.nn.unlabelled import UnlabelledObjective, recorded_statistics
 
 ACTIVE_THRESHOLD = 0.1  # a code unit counts as active on an input when |h| > 0.1
 

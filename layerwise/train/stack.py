@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from layerwise.config import LayerConfig
-from layerwise.encode import encode
-from layerwise.models import Reconstructor, seeded_stage
-from layerwise.training import Callback, TrainResult, train_autoencoder
-from layerwise.transfer import freeze
+from layerwise.train.evaluate import encode
+from layerwise.nn.models import Reconstructor, seeded_stage
+from layerwise.train.loop import Callback, TrainResult, train_autoencoder
+from layerwise.nn.transfer import freeze
 
 Splits = dict[str, torch.Tensor]  # split name (train, val, test) -> inputs or codes, one row per image
 
@@ -91,7 +91,7 @@ def pretrain_stack(layers: list[LayerConfig], inputs: Splits, seed: int = 0, cal
     memory; the pipeline passes its task, which reuses stored stages and tracks each in MLflow).
     keep_codes=False drops each stage's codes once the stage above has encoded them (the top
     layer's stay): a 1000-wide code of 70,000 images is 280 MB. device: where the stages compute
-    (default: where inputs are; see layerwise.device.place for data kept in host memory)."""
+    (default: where inputs are; see layerwise.machine.device.place for data kept in host memory)."""
     stack, codes = Stack(), inputs
     for index, layer in enumerate(layers, start=1):
         # a stage function of your own is called as StageFn says; device is passed only when given

@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 
 from layerwise.config import UnrollConfig
-from layerwise.models import Autoencoder, DeepAutoencoder
-from layerwise.training import Callback, TrainResult, squared_error, train_unrolled
+from layerwise.nn.models import Autoencoder, DeepAutoencoder
+from layerwise.train.loop import Callback, TrainResult, squared_error, train_unrolled
 
 
 @dataclass
