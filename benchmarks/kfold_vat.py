@@ -50,7 +50,8 @@ def prepare(out: Path, stack: Path | None, n_labels: int, seed: int, split_seed:
     images are left out of the file altogether."""
     import os
 
-    from layerwise.datasets.splits import label_subset, load_mnist
+    from layerwise.datasets.mnist import load_mnist
+    from layerwise.datasets.splits import label_subset
 
     splits = load_mnist(Path(os.environ.get("MNIST_ROOT", "data")), None, val_size, split_seed)
     subset = label_subset(splits.y_train, n_labels, seed)

@@ -22,7 +22,7 @@ from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 import flows.pipeline as pipeline_module  # noqa: E402
 import layerwise.train.finetune  # noqa: E402
 import layerwise.train.stack  # noqa: E402
-import layerwise.datasets.splits  # noqa: E402
+import layerwise.datasets.mnist  # noqa: E402
 import tasks.data  # noqa: E402
 import tasks.finetune  # noqa: E402
 from benchmarks.timers import Ledger  # noqa: E402
@@ -35,9 +35,9 @@ MLFLOW = "mlflow_logging"
 def instrument() -> Ledger:
     ledger = Ledger(sticky=(MLFLOW,))
     ledger.patch(SubprocessASGIServer, "start", "prefect_api_start")
-    # the MD5 check before the flow (check_data imports it from layerwise.datasets.splits when it runs), then the
+    # the MD5 check before the flow (check_data imports it from layerwise.datasets.mnist when it runs), then the
     # source read and split inside it
-    ledger.patch(layerwise.datasets.splits, "ensure_mnist", "data_loading")
+    ledger.patch(layerwise.datasets.mnist, "ensure_mnist", "data_loading")
     ledger.patch(tasks.data, "load_source", "data_loading")
     ledger.patch(tasks.data, "split_source", "data_loading")
     # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.train.stack)

@@ -21,7 +21,7 @@ from benchmarks import cpu, data_sources, e2e, kernels
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
 from layerwise.machine.cpu import isa_summary
-from layerwise.datasets.splits import load_mnist
+from layerwise.datasets.mnist import load_mnist
 from layerwise.paths import PROJECT_ROOT, data_root
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"

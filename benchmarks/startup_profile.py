@@ -123,7 +123,7 @@ def child(args) -> None:
     from mlflow.tracking import MlflowClient
 
     import flows.pipeline
-    import layerwise.datasets.splits
+    import layerwise.datasets.mnist
     import layerwise.train.finetune
     import layerwise.train.stack
     import tasks.data
@@ -144,7 +144,7 @@ def child(args) -> None:
     ledger.patch(db_utils, "_initialize_tables", "MLflow: create the tables of a fresh sqlite store")
     ledger.patch(db_utils, "_verify_schema", "MLflow: verify the store's schema")
     ledger.patch(tasks.tracking, "check_store", "MLflow store check (check_store)")
-    ledger.patch(layerwise.datasets.splits, "verify_mnist", "MNIST MD5 check")
+    ledger.patch(layerwise.datasets.mnist, "verify_mnist", "MNIST MD5 check")
     for module_name in ("flows.cli", "flows.checks", "flows.pipeline"):
         module = sys.modules.get(module_name)
         for name, what in (("load_pipeline", "config: load and validate"), ("check_fits", "config: memory estimate"),

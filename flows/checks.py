@@ -34,7 +34,7 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
     root: the data root (MNIST, torchvision); source: the pipelines file (a relative data.path is
     its folder's). Raises DataError for bad data, ConfigError where the config does not fit it."""
     if cfg.data.source == "mnist":  # known without decoding: the files' MD5s are the check
-        from layerwise.datasets.splits import ensure_mnist
+        from layerwise.datasets.mnist import ensure_mnist
 
         return cfg, ensure_mnist(root, allow_download)
     from layerwise.datasets import load_source

@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 # torch, MLflow and Prefect load inside the commands: `run` first launches the temporary Prefect API,
 # so its start overlaps those imports
 from flows.schedules import check_schedules  # noqa: E402
-from layerwise.config import ConfigError, load_all  # noqa: E402
+from layerwise.config import ConfigError, cells, load_all  # noqa: E402
 from layerwise.errors import DataError  # noqa: E402
 from layerwise.paths import DEFAULT_CONFIG  # noqa: E402
 
@@ -82,7 +82,7 @@ def _what(cfg) -> str:
     if cfg.unroll:
         return "unrolled"
     if cfg.ablation:
-        return f"{len(cfg.cells())} cells"
+        return f"{len(cells(cfg))} cells"
     n = cfg.n_labels()
     return f"{cfg.finetune.init}, {n if n is not None else '?'} labels"
 

@@ -70,7 +70,7 @@ def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
 def source_uri(cfg: DataConfig, root: Path) -> str:
     """The folder or file a source's images came from."""
     if cfg.source == "mnist":
-        from layerwise.datasets.splits import raw_dir
+        from layerwise.datasets.mnist import raw_dir
 
         return str(raw_dir(root).resolve())
     if cfg.source == "torchvision":

@@ -10,9 +10,9 @@ import mlflow
 import torch
 from prefect import task
 
-from layerwise.store.cache import Store, load_file
+from layerwise.store.cache import Store, content_key, load_file
 from layerwise.store.checkpoint import load_encoder, load_stage
-from layerwise.config import PipelineConfig, flatten
+from layerwise.config import PipelineConfig, cell_name, flatten, method
 from layerwise.datasets.splits import label_subset
 from layerwise.datasets import to_unit
 from layerwise.paths import PROJECT_ROOT, work_root
@@ -36,6 +36,15 @@ def cell_store() -> Store:
     return Store(work_root() / "cells", warn=run_logger().warning)
 
 
+def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str, kind: str = "cell") -> str:
+    """What determines a cell's result: its stack (or architecture, from scratch), data and training.
+    kind 'trial-cell': a sweep trial's (stored apart: its entry holds validation metrics only)."""
+    ft = cell.finetune
+    stack = stage_keys if ft.init == "pretrained" else [(layer.size, layer.activation) for layer in cell.layers]
+    return content_key({"kind": kind, "stack": stack, "data": cell.data.model_dump(), "fingerprint": fingerprint,
+                        "finetune": ft.model_dump(exclude={"scratch"})})
+
+
 def load_encoders(weights: list[str]) -> list[torch.nn.Module]:
     """The stack's frozen encoders from its stage files (a cell may run in another process)."""
     return [freeze(load_file(path, load_encoder)[0]) for path in weights]
@@ -49,7 +58,7 @@ def load_stages(weights: list[str]) -> list[torch.nn.Module]:
 def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
     ft = cfg.finetune
     tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed),
-            "layerwise.method": cfg.method()}
+            "layerwise.method": method(cfg)}
     if ft.unlabelled is not None:
         tags["layerwise.nn.unlabelled"] = ft.unlabelled.objective
     if ft.init == "pretrained" and cfg.variant:
@@ -67,11 +76,11 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
     registered as PIPELINE-classifier. In a sweep's trial (tasks.context.Trial) the test split is
     not read, nothing is registered, and the cell reports its kept epoch's validation accuracy only."""
     configure_cpu(threads)
-    ft = cfg.finetune.in_force()
-    n_labels, name = cfg.n_labels(), f"{STAGE} {cfg.cell_name()}"
+    ft = cfg.finetune  # a cell's: its settings in force (layerwise.config.cells)
+    n_labels, name = cfg.n_labels(), f"{STAGE} {cell_name(cfg)}"
     store = cell_store()
     cached = store.get(cache_key) if cache_key else None  # verified: an edited metric is not trusted
-    title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
+    title = f"{STAGE} {method(cfg)} {n_labels} labels seed {ft.seed}"
     # a cell holds no files: reused from another tracking store, only its link changes
     with run.child_run(title, STAGE, cell_tags(cfg), cached and cached.meta, CELL_LINK_TAG) as child:
         child.params({**flatten(ft.model_dump(exclude={"scratch"}), "finetune"), "sizes": cfg.sizes,
@@ -117,7 +126,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
             registered = f"{run.pipeline}-classifier"
             version = _log_model(child.id, model.cpu().eval(), registered, to_unit(inputs["test"][:4]))
             describe_version(child.mlf, registered, version, {
-                "pipeline": run.pipeline, "labels": n_labels, "init": cfg.method(), "seed": ft.seed,
+                "pipeline": run.pipeline, "labels": n_labels, "init": method(cfg), "seed": ft.seed,
                 VAL_TAG: cell.kept_val_accuracy, "test_error": cell.test_error, "run_id": child.id})
             promote_if_better(child.mlf, registered, version, cell.kept_val_accuracy)
         if cache_key:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from layerwise.store.cache import Store
+from layerwise.store.cache import Store, stage_key
 from layerwise.store.checkpoint import load_encoder, save_stage
-from layerwise.config import LayerConfig, flatten
+from layerwise.config import LayerConfig, PipelineConfig, flatten
 from layerwise.paths import work_root
-from layerwise.train.stack import Splits, Stage, encode_splits, train_stage
+from layerwise.train.stack import Splits, Stage, encode_splits, pretrain_stack, train_stage
 from layerwise.train.loop import configure_cpu
 from layerwise.nn.transfer import freeze
 from tasks import tracking
@@ -103,3 +103,20 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
         codes = encode_splits(encoder, inputs, layer.precision)
     return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=child.id,
                        trained_by=trained_by)
+
+
+def pretrain_stack_tracked(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str
+                           ) -> tuple[StackFiles, Splits]:
+    """The core's greedy loop (layerwise.train.stack.pretrain_stack) with pretrain_layer as its
+    stage: each stage a task, reused from the store or trained, tracked as a child run. Returns the
+    stack as later tasks take it and the top layer's codes."""
+    prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
+    stage_run = run.inside(cfg.variant) if cfg.variant else run
+
+    def stage(layer, codes, seed, index, callback):  # the task computes on run.torch_device
+        key = stage_key(cfg.pretrain_dict(), index, fingerprint)
+        return pretrain_layer.with_options(task_run_name=f"{prefix}-{index}")(stage_run, layer, codes, seed, index,
+                                                                             key)
+
+    stack = pretrain_stack(cfg.layers, inputs, cfg.seed, stage=stage, keep_codes=False)
+    return StackFiles(tuple(s.weights for s in stack.stages), tuple(s.key for s in stack.stages)), stack.codes

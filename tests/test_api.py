@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO, mnist_root
 from layerwise.config import load_pipeline
-from layerwise.datasets.splits import load_mnist
+from layerwise.datasets.mnist import load_mnist
 from layerwise.train.stack import pretrain_stack
 
 pytestmark = pytest.mark.slow

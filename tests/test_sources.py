@@ -270,7 +270,7 @@ def test_the_checks_read_is_the_runs_read_and_is_handed_out_once(tmp_path):
 def test_mnist_files_are_hashed_once_per_process_unless_they_change(tmp_path, monkeypatch):
     import shutil
 
-    import layerwise.datasets.splits as data
+    import layerwise.datasets.mnist as data
 
     raw = data.raw_dir(tmp_path)
     shutil.copytree(data.raw_dir(mnist_root()), raw)

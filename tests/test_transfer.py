@@ -210,13 +210,16 @@ def test_the_output_layer_is_drawn_from_the_seed_alone():
     assert torch.equal(a.output.weight, b.output.weight) and torch.equal(a.output.bias, b.output.bias)
 
 
-def test_a_finetune_config_trains_with_the_settings_in_force_for_its_init():
+def test_a_scratch_controls_settings_in_force_are_its_overrides_applied_once():
     torch.manual_seed(0)
     x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
     config = FinetuneConfig(init="scratch", epochs=2, batch_size=8, optimizer="sgd", lr=0.5, schedule="constant",
                             min_steps=15, scratch={"optimizer": "adam", "lr": 0.01})
+    explicit = FinetuneConfig(init="scratch", epochs=2, batch_size=8, optimizer="adam", lr=0.01, schedule="constant",
+                              min_steps=15)
+    assert config.in_force() == explicit and config.in_force().in_force() == explicit  # nothing left to apply
     weights = []
-    for settings in (config, config.in_force()):
+    for settings in (explicit, config.in_force()):
         clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
         result = train_classifier(clf, Labelled(x, y, x, y), settings, seed=0)
         assert len(result.history) == 3  # min_steps 15 at 5 batches an epoch: 3 epochs, not 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import FinetuneConfig, LayerConfig, PipelineConfig, resolve_layers
+from layerwise.config import FinetuneConfig, LayerConfig, PipelineConfig, method, resolve_layers
+from layerwise.config import cells as grid_cells
 from layerwise.config.schema import UnlabelledConfig
 from layerwise.datasets.splits import Labelled
 from layerwise.train.finetune import build_classifier, finetune
@@ -175,7 +176,7 @@ def test_an_ablation_grid_adds_objectives_beside_the_plain_rows():
         "finetune": {"epochs": 1, "lr": 0.1, "unlabelled": {"objective": "pseudo_label", "weight": 2.0}},
         "ablation": {"labels": [20], "inits": ["pretrained", "scratch", "pretrained+pseudo_label",
                                                "scratch+reconstruction"]}})
-    cells = {cell.method(): cell.finetune for cell in cfg.cells()}
+    cells = {method(cell): cell.finetune for cell in grid_cells(cfg)}
     assert list(cells) == ["pretrained", "scratch", "pretrained+pseudo_label", "scratch+reconstruction"]
     assert cells["pretrained"].unlabelled is None and cells["scratch"].unlabelled is None
     assert cells["pretrained+pseudo_label"].unlabelled.weight_in_force() == 2.0  # the block's settings

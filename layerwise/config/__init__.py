@@ -19,6 +19,7 @@ from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MN
                                      Denoising, FinetuneConfig, LabelSpec, LayerConfig, Optimization, Optimizer,
                                      PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Strict, TrainingConfig,
                                      TrainingOverrides, UnrollConfig, name_problem, resolve_layers)
+from layerwise.config.grid import cell_name, cells, method, needs_stack, stacks, variant_stack
 from layerwise.config.loading import (MAX_CONFIG_BYTES, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES,
                                       MAX_OVERRIDE_BYTES, apply_overrides, baseline_values, flatten, load_all,
                                       load_pipeline, load_raw,
@@ -33,7 +34,9 @@ __all__ = [
     "LabelSpec", "LayerConfig", "Optimization", "Optimizer", "PipelineConfig", "RetrievalConfig",
     "ScheduleConfig", "Seed", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
     "resolve_layers",
-    # loading (grid.py's functions are reached as PipelineConfig.cells(), .stacks(), ...)
+    # grid
+    "cell_name", "cells", "method", "needs_stack", "stacks", "variant_stack",
+    # loading
     "MAX_CONFIG_BYTES", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_OVERRIDE_BYTES", "apply_overrides", "baseline_values",
     "flatten", "load_all", "load_pipeline", "load_raw", "read_pipelines_file", "safe_yaml", "trial_raw",
     "validate_pipeline",

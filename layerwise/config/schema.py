@@ -2,7 +2,7 @@
 
 Validating a PipelineConfig resolves it: every layer's input width, a conv layer's input shape and
 code size, and `loss: auto` are filled in by resolve_layers. The ablation grid a config expands to
-lives in grid.py, reading and --set overrides in loading.py, the error wording in errors.py.
+lives in grid.py (which imports this module, never the reverse), reading and --set overrides in loading.py, the error wording in errors.py.
 Cron and timezone strings are judged next to `layerwise serve` (flows/schedules.py): the core
 imports no Prefect.
 """
@@ -337,10 +337,13 @@ class FinetuneConfig(TrainingConfig):
                           "init wants its own optimizer and learning rate")
 
     def in_force(self) -> "FinetuneConfig":
-        """The settings this init trains with (scratch overrides applied)."""
-        if self.init != "scratch" or self.scratch is None:
+        """The settings this init trains with: for a scratch control, finetune.scratch's values
+        applied; the block itself cleared, so nothing is left to resolve. grid.cells gives every
+        cell so: the core takes it as it is."""
+        if self.scratch is None:
             return self
-        return self.model_copy(update=self.scratch.model_dump(exclude_none=True))
+        applied = self.scratch.model_dump(exclude_none=True) if self.init == "scratch" else {}
+        return self.model_copy(update={**applied, "scratch": None})
 
     @model_validator(mode="after")
     def _one_label_spec(self):
@@ -607,38 +610,6 @@ class PipelineConfig(Strict):
         parts = [width] + [f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv"
                                       else str(layer.size) for layer in self.layers]
         return "-".join(parts)
-
-    # The ablation grid: what a pipeline expands to (grid.py holds the expansion).
-
-    def cells(self) -> list[PipelineConfig]:
-        """The fine-tunes this pipeline runs: the ablation grid, or the one `finetune:` describes."""
-        from layerwise.config import grid
-
-        return grid.cells(self)
-
-    def variant_stack(self, name: str) -> PipelineConfig:
-        """This pipeline with ablation variant NAME's keys set on every layer."""
-        from layerwise.config import grid
-
-        return grid.variant_stack(self, name)
-
-    def stacks(self) -> list[PipelineConfig]:
-        """The pretrained stacks this pipeline needs: one per ablation variant, else its own."""
-        from layerwise.config import grid
-
-        return grid.stacks(self)
-
-    def method(self) -> str:
-        """What a fine-tune starts from: scratch, pretrained, or the variant's name."""
-        from layerwise.config import grid
-
-        return grid.method(self)
-
-    def cell_name(self) -> str:
-        """How a fine-tune is named in logs and Prefect: method-labels-seed."""
-        from layerwise.config import grid
-
-        return grid.cell_name(self)
 
     def n_labels(self) -> Optional[int]:
         """How many labelled images fine-tuning uses (None for a fraction or 'all' of data not read yet)."""

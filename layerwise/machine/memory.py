@@ -23,7 +23,7 @@ from typing import Optional
 
 import psutil
 
-from layerwise.config import ConfigError, PipelineConfig
+from layerwise.config import ConfigError, PipelineConfig, cells as grid_cells, stacks
 
 FLOAT = 4
 TRAINING_COPIES = 4            # weights, gradients, Adam's first and second moments
@@ -90,7 +90,7 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
     pixels = values * (1 if keeps_uint8(values) else FLOAT)  # uint8 where the float copy would not fit comfortably
     data_key = f"data.train_size={cfg.data.pool}" + (f" (+ {facts.unlabelled} unlabelled)" if facts.unlabelled else "")
     found = []
-    for stack in cfg.stacks():
+    for stack in stacks(cfg):
         label = f" (ablation variant {stack.variant})" if stack.variant else ""
         for i, layer in enumerate(stack.layers):
             # the stage's tensors grow with its input and its code width: name the wider's key
@@ -106,7 +106,7 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
     widest = _width_key(cfg, max(range(len(cfg.layers)), key=lambda i: _encoder_params(cfg.layers[i])))
     if cfg.finetune:
         ft = cfg.finetune
-        cells = min(cfg.ablation.workers, len(cfg.cells())) if cfg.ablation else 1
+        cells = min(cfg.ablation.workers, len(grid_cells(cfg))) if cfg.ablation else 1
         times = f" x ablation.workers={cfg.ablation.workers}" if cells > 1 else ""
         params = sum(_encoder_params(layer) for layer in cfg.layers) + cfg.layers[-1].size * cfg.data.n_classes
         batch = max(ft.batch_size, (ft.scratch and ft.scratch.batch_size) or 0)
