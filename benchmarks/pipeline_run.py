@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 
 import flows.pipeline as pipeline_module  # noqa: E402
+import layerwise.train.autoencoder  # noqa: E402
+import layerwise.train.evaluate  # noqa: E402
 import layerwise.train.finetune  # noqa: E402
-import layerwise.train.stack  # noqa: E402
 import layerwise.datasets.mnist  # noqa: E402
 import tasks.data  # noqa: E402
 import tasks.finetune  # noqa: E402
@@ -40,10 +41,11 @@ def instrument() -> Ledger:
     ledger.patch(layerwise.datasets.mnist, "ensure_mnist", "data_loading")
     ledger.patch(tasks.data, "load_source", "data_loading")
     ledger.patch(tasks.data, "split_source", "data_loading")
-    # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.train.stack)
-    # and finetune (layerwise.train.finetune) look these names up in their own modules
-    ledger.patch(layerwise.train.stack, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")
-    ledger.patch(layerwise.train.stack, "encode", "encoding")
+    # the core's loops, patched where the tasks reach them: train_stage (layerwise.train.autoencoder),
+    # encode_splits (layerwise.train.evaluate) and finetune (layerwise.train.finetune) look these names up in their
+    # own modules
+    ledger.patch(layerwise.train.autoencoder, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")
+    ledger.patch(layerwise.train.evaluate, "encode", "encoding")
     ledger.patch(layerwise.train.finetune, "train_classifier", lambda a, k: "compute:finetune")
     ledger.patch(tasks.finetune, "accuracy", lambda a, k: "compute:finetune")
     ledger.patch(Store, "get", "cache_lookup")

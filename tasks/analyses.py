@@ -13,7 +13,7 @@ from layerwise.datasets import to_unit
 from layerwise.report.figures import code_scatter, digit_rows, image_grid, retrieval_hits
 from layerwise.nn.pca import fit_pca
 from layerwise.report.retrieval import nearest, precision_at_k
-from layerwise.train.loop import configure_cpu
+from layerwise.machine.cpu import configure_cpu
 from tasks import tracking
 from tasks.context import RunContext
 from tasks.data import DataFiles

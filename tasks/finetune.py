@@ -18,7 +18,8 @@ from layerwise.datasets import to_unit
 from layerwise.paths import PROJECT_ROOT, work_root
 from layerwise.train.finetune import Labelled
 from layerwise.train.finetune import finetune as train
-from layerwise.train.loop import accuracy, configure_cpu
+from layerwise.machine.cpu import configure_cpu
+from layerwise.train.evaluate import accuracy
 from layerwise.nn.transfer import freeze
 from tasks import tracking
 from tasks.context import ChildRun, RunContext, Trial

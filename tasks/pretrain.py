@@ -12,8 +12,10 @@ from layerwise.store.cache import Store, stage_key
 from layerwise.store.checkpoint import load_encoder, save_stage
 from layerwise.config import LayerConfig, PipelineConfig, flatten
 from layerwise.paths import work_root
-from layerwise.train.stack import Splits, Stage, encode_splits, pretrain_stack, train_stage
-from layerwise.train.loop import configure_cpu
+from layerwise.train.autoencoder import train_stage
+from layerwise.train.evaluate import Splits, encode_splits
+from layerwise.train.stack import Stage, pretrain_stack
+from layerwise.machine.cpu import configure_cpu
 from layerwise.nn.transfer import freeze
 from tasks import tracking
 from tasks.context import RunContext

@@ -16,7 +16,7 @@ from layerwise.machine.device import place
 from layerwise.train.evaluate import encode
 from layerwise.nn.models import DeepAutoencoder, build_autoencoder
 from layerwise.paths import work_root
-from layerwise.train.loop import configure_cpu
+from layerwise.machine.cpu import configure_cpu
 from layerwise.train.unroll import unroll
 from tasks import tracking
 from tasks.context import RunContext, Trial

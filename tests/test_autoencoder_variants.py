@@ -6,7 +6,7 @@ import torch
 from layerwise.config import LayerConfig
 from layerwise.nn.losses import contractive_penalty, l2_penalty, reconstruction_loss
 from layerwise.nn.models import Autoencoder, seeded_autoencoder
-from layerwise.train.loop import objective, train_autoencoder
+from layerwise.train.autoencoder import objective, train_autoencoder
 
 
 def test_l2_value_and_gradient():

@@ -8,7 +8,7 @@ import torch
 from layerwise.config import LayerConfig
 from layerwise.machine.cpu import COMPILE_MIN_STEPS, compiled, should_compile
 from layerwise.nn.models import seeded_autoencoder
-from layerwise.train.loop import train_autoencoder
+from layerwise.train.autoencoder import train_autoencoder
 
 
 def test_auto_compiles_only_long_trainings():

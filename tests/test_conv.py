@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from layerwise.store.checkpoint import load_stage, save_stage
 from layerwise.config import LayerConfig, PipelineConfig, resolve_layers
 from layerwise.nn.models import ConvAutoencoder, build_encoder, seeded_stage
-from layerwise.train.loop import train_autoencoder
+from layerwise.train.autoencoder import train_autoencoder
 from layerwise.nn.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 

@@ -45,7 +45,7 @@ def test_bf16_stage_encodes_and_evaluates_in_bf16_and_hands_on_fp32_codes():
     from layerwise.config import LayerConfig
     from layerwise.train.evaluate import encode
     from layerwise.train.stack import pretrain_stage
-    from layerwise.train.loop import evaluate_autoencoder
+    from layerwise.train.autoencoder import evaluate_autoencoder
 
     x = torch.rand(300, 40, generator=torch.Generator().manual_seed(0))
     layer = LayerConfig(input=40, size=24, loss="bce", epochs=1, batch_size=64, optimizer="adam", lr=1e-2,

@@ -6,7 +6,8 @@ from layerwise.config import UnrollConfig
 from layerwise.nn.models import DeepAutoencoder, seeded_autoencoder
 from layerwise.nn.pca import fit_pca
 from layerwise.report.retrieval import nearest, precision_at_k
-from layerwise.train.loop import squared_error, train_unrolled
+from layerwise.train.evaluate import squared_error
+from layerwise.train.unroll import train_unrolled
 
 
 def _stages():

@@ -13,7 +13,8 @@ from layerwise.config.schema import UnlabelledConfig
 from layerwise.datasets.splits import Labelled
 from layerwise.train.finetune import build_classifier, finetune
 from layerwise.nn.models import Classifier, batch_norms
-from layerwise.train.loop import linear_decay_, train_classifier
+from layerwise.train.classifier import train_classifier
+from layerwise.train.optim import linear_decay_
 from layerwise.nn.transfer import keep_pretrained_function_
 from layerwise.nn.unlabelled import (UnlabelledObjective, adversarial_direction, ramp, statistics_kept,
                                   virtual_adversarial_loss)

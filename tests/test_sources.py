@@ -201,7 +201,7 @@ def test_pixels_kept_as_uint8_train_exactly_as_floats(tmp_path, monkeypatch):
     from layerwise.datasets.splits import Labelled
     from layerwise.train.finetune import finetune
     from layerwise.train.stack import pretrain_stack
-    from layerwise.train.loop import accuracy
+    from layerwise.train.evaluate import accuracy
 
     npz, _ = _write_doors(tmp_path, 300, 100)
     layers = [LayerConfig(input=784, size=32, epochs=2, lr=0.003, optimizer="adam", l1=0.01),

@@ -6,7 +6,8 @@ from layerwise.datasets.splits import Labelled
 from layerwise.train.evaluate import encode
 from layerwise.train.stack import pretrain_stack, pretrain_stage
 from layerwise.nn.models import Autoencoder
-from layerwise.train.loop import train_autoencoder, train_classifier
+from layerwise.train.autoencoder import train_autoencoder
+from layerwise.train.classifier import train_classifier
 from layerwise.nn.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
@@ -95,7 +96,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
                               _training(epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last"), seed=0,
                               callback=lambda r: seen.append(r.metrics["val_accuracy"]))
     assert result.best_epoch == 4 and len(seen) == 4
-    from layerwise.train.loop import accuracy
+    from layerwise.train.evaluate import accuracy
 
     assert accuracy(clf, x, y) == seen[-1]
     best = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
@@ -137,17 +138,17 @@ def test_head_epochs_train_the_output_layer_alone_first():
 
 
 def test_hidden_layers_learn_at_a_scaled_rate():
-    from layerwise.train.loop import classifier_optimizer
+    from layerwise.train.optim import classifier_optimizer
 
     clf = scratch_classifier([_dense(12, 8, "sigmoid"), _dense(8, 6, "sigmoid")], 3, 0.0, seed=0)
-    opt = classifier_optimizer(clf, "sgd", 0.2, 0.9, 0.0, hidden_lr_scale=0.1)
+    opt = classifier_optimizer(clf, _training(epochs=1, optimizer="sgd", lr=0.2, hidden_lr_scale=0.1))
     hidden, output = opt.param_groups
     assert hidden["lr"] == pytest.approx(0.02) and output["lr"] == 0.2
     assert len(hidden["params"]) == 4 and len(output["params"]) == 2
 
 
 def test_max_norm_scales_back_only_the_rows_past_the_limit():
-    from layerwise.train.loop import max_norm_
+    from layerwise.train.optim import max_norm_
 
     clf = scratch_classifier([_dense(4, 3, "sigmoid")], 2, 0.0, seed=0)
     rows = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 10.0]])  # norms 5, 0.5, 10
