@@ -17,6 +17,7 @@ from flows.deep_autoencoder import deep_autoencoder
 from layerwise.config import cell_name, cells, needs_stack, stacks
 from layerwise.machine.device import codes_bytes, describe_device, place, use_tf32
 from layerwise.paths import DEFAULT_CONFIG, work_root
+from layerwise.store.files import CODES, load_inputs, save_codes
 from tasks import tracking
 from tasks.analyses import retrieval
 from tasks.data import prepare_data
@@ -58,16 +59,14 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
             built, codes = {}, {}  # stacks by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
                 # on the device once, not per batch, when the pixels and the codes fit there
-                inputs = torch.load(data.inputs, weights_only=True)
+                inputs = load_inputs(data.inputs)
                 inputs = place(inputs, device, codes_bytes(sum(map(len, inputs.values())), cfg.sizes[1:]),
                                log=run_logger().info)
                 for stack_cfg in stacks(cfg):
                     name = stack_cfg.variant or ""
                     built[name], top = pretrain_stack_tracked(stack_cfg, run, inputs, checked.fingerprint)
                     if cfg.retrieval:
-                        codes[name] = run.workdir / name / "codes.pt"
-                        codes[name].parent.mkdir(parents=True, exist_ok=True)
-                        torch.save({split: c.cpu() for split, c in top.items()}, codes[name])
+                        codes[name] = save_codes(run.workdir / name / CODES, top)
                 del inputs, top
             if cfg.unroll:
                 outcome = deep_autoencoder(run, cfg, data, built[""])

@@ -13,7 +13,7 @@ from prefect import task
 from layerwise.store.cache import Store, content_key, load_file
 from layerwise.store.checkpoint import load_encoder, load_stage
 from layerwise.config import PipelineConfig, cell_name, flatten, method
-from layerwise.datasets.splits import label_subset
+from layerwise.store.files import SPLITS, load_inputs, load_labels
 from layerwise.datasets import to_unit
 from layerwise.paths import PROJECT_ROOT, work_root
 from layerwise.train.finetune import Labelled
@@ -91,18 +91,16 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
             run_logger().info(f"[{name}] reused the cell finished by MLflow run {cached.meta['run_id']}")
             child.metrics(metrics)
             return CellResult(child.id, cached.meta["run_id"], n_labels, **metrics)
-        inputs = torch.load(data.inputs, weights_only=True)
-        labels = torch.load(data.labels, weights_only=True)
+        inputs, labels = load_inputs(data.inputs, ("train", "val") if trial else SPLITS), load_labels(data.labels)
         device = run.torch_device  # only what the cell trains on goes there
-        subset = label_subset(labels["train"], n_labels, ft.seed)
         # the images by their identity in the source: an index, or a path relative to the folder
-        chosen = [labels["train_ids"][i] for i in subset.tolist()]
+        subset, chosen = labels.subset(n_labels, ft.seed)
         _log_json(child, "label_subset.json", chosen)
         log_datasets(child.mlf, child.id, data.source_uri,
                      [split("labelled subset", data.dataset, data.fingerprint, chosen)]
                      + data.datasets("validation", *(() if trial else ("test",))))
-        labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels["train"][subset],
-                                                      inputs["val"], labels["val"])))
+        labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels.train[subset],
+                                                      inputs["val"], labels.val)))
         if ft.unlabelled is not None:  # every training image whose label this cell does not have
             others = torch.ones(len(inputs["train"]), dtype=torch.bool)
             others[subset] = False
@@ -114,7 +112,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
                       then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
         model, result = tuned.model, tuned.result
         kept_val = next((r.metrics.get("val_accuracy") for r in result.history if r.epoch == result.best_epoch), None)
-        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"],
+        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels.test,
                                                         ft.precision)
         cell = CellResult(child.id, child.id, n_labels, float(result.best_epoch), result.seconds, test_accuracy,
                           None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)

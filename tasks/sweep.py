@@ -17,6 +17,7 @@ from layerwise.config import PipelineConfig, cells, flatten, needs_stack
 from layerwise.machine.device import place
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
+from layerwise.store.files import load_inputs
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
@@ -78,9 +79,7 @@ def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str,
 
 def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tensor]:
     """What a trial trains and is judged on: the training and validation splits (never the test split)."""
-    inputs = torch.load(data.inputs, weights_only=True)
-    del inputs["test"]
-    return place(inputs, device, log=run_logger().info)
+    return place(load_inputs(data.inputs, ("train", "val")), device, log=run_logger().info)
 
 
 @task(name="sweep-trial")

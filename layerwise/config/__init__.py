@@ -16,8 +16,8 @@ from layerwise.config.errors import ConfigError, describe_errors
 from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES,
                                      MNIST_FACTS, NAME_PATTERN, NAME_RULE, SEED_MAX, AblationConfig, Activation, DataConfig,
                                      DataFacts,
-                                     Denoising, FinetuneConfig, LabelSpec, LayerConfig, Optimization, Optimizer,
-                                     PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Strict, TrainingConfig,
+                                     Denoising, FinetuneConfig, LabelSpec, LayerConfig, LayerShape, Optimization, Optimizer,
+                                     PipelineConfig, RetrievalConfig, ScheduleConfig, Seed, Steps, Strict, TrainingConfig,
                                      TrainingOverrides, UnrollConfig, name_problem, resolve_layers)
 from layerwise.config.grid import cell_name, cells, method, needs_stack, stacks, variant_stack
 from layerwise.config.loading import (MAX_CONFIG_BYTES, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES,
@@ -31,8 +31,8 @@ __all__ = [
     # schema
     "MNIST_CLASSES", "MNIST_INPUT", "MNIST_SHAPE", "MNIST_TEST_IMAGES", "MNIST_TRAIN_IMAGES", "NAME_PATTERN",
     "NAME_RULE", "SEED_MAX", "AblationConfig", "Activation", "DataConfig", "DataFacts", "MNIST_FACTS", "Denoising", "FinetuneConfig",
-    "LabelSpec", "LayerConfig", "Optimization", "Optimizer", "PipelineConfig", "RetrievalConfig",
-    "ScheduleConfig", "Seed", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
+    "LabelSpec", "LayerConfig", "LayerShape", "Optimization", "Optimizer", "PipelineConfig", "RetrievalConfig",
+    "ScheduleConfig", "Seed", "Steps", "Strict", "TrainingConfig", "TrainingOverrides", "UnrollConfig", "name_problem",
     "resolve_layers",
     # grid
     "cell_name", "cells", "method", "needs_stack", "stacks", "variant_stack",

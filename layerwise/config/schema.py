@@ -172,7 +172,21 @@ class Denoising(Strict):
         return self
 
 
-class LayerConfig(Strict):
+class Steps(Strict):
+    """Epochs of minibatch gradient steps and the optimizer that takes them: what every training here
+    shares (a layer's autoencoder, the classifier, the unrolled stack; train/optim.py builds the
+    optimizer from it). A training may default optimizer and batch_size otherwise."""
+    epochs: int = Field(..., ge=1)
+    optimizer: Optimizer = "sgd"
+    lr: float = Field(..., gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
+
+
+class LayerShape(Strict):
+    """What a layer's autoencoder is: its kind, widths, activation, loss and code penalties."""
     kind: Literal["dense", "conv"] = Field("dense", description="dense: Linear; conv: convolution + max-pooling "
                                                                 "down, unpooling + transposed convolution up")
     input: Optional[int] = Field(None, ge=1, description="input width; defaults to the previous layer's size")
@@ -190,14 +204,6 @@ class LayerConfig(Strict):
     contractive: float = Field(0.0, ge=0, description="weight of ||dcode/dinput||_F^2 (contractive autoencoder)")
     tied: bool = Field(False, description="decoder = the encoder's weight transposed (half the weights)")
     denoising: Optional[Denoising] = Field(None, description="corrupt the input, reconstruct the clean one")
-    epochs: int = Field(..., ge=1)
-    optimizer: Optimizer = "adam"
-    lr: float = Field(..., gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(256, ge=1)
-    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
-    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
 
     @model_validator(mode="after")
     def _kind_keys(self):
@@ -228,14 +234,15 @@ class LayerConfig(Strict):
         return (self.channels, height // self.pool, width // self.pool)
 
 
-class Optimization(Strict):
-    """Epochs of minibatch gradient steps: the settings every end-to-end training shares."""
-    epochs: int = Field(..., ge=1)
-    optimizer: Optimizer = "sgd"
-    lr: float = Field(..., gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
+class LayerConfig(Steps, LayerShape):
+    """One greedy stage: the autoencoder (LayerShape's keys, first) and how it trains (Steps')."""
+    optimizer: Optimizer = "adam"
+    batch_size: int = Field(256, ge=1)
+    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
+
+
+class Optimization(Steps):
+    """An end-to-end training's steps and their learning-rate schedule (the classifier, the unroll)."""
     schedule: Literal["constant", "cosine", "linear_decay"] = Field(
         "cosine", description="constant; cosine (annealed to 0 over the epochs); linear_decay (constant, then "
                               "falling linearly to 0 over the last steps after decay_start, step by step)")
@@ -243,7 +250,6 @@ class Optimization(Strict):
                                                             "the learning rate falls (Miyato et al. 2018: 0.5)")
     decay_beta1: Optional[float] = Field(None, ge=0, lt=1, description="linear_decay with adam: Adam's beta1 "
                                                                        "while the rate falls (Miyato et al.: 0.5)")
-    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
 
 
 class TrainingConfig(Optimization):
