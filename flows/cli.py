@@ -123,12 +123,8 @@ def _checked_launch(args):
         args.overrides.append(f"device={args.device}")
     try:
         args.name = args.name or _only_pipeline(args.config)
-        if args.command == "sweep":
-            from layerwise.config import load_pipeline
-
-            if load_pipeline(args.name, args.config, args.overrides).sweep is None:
-                raise ConfigError(f"{args.config}: pipeline '{args.name}' has no sweep: block to run")
-        checked = check_run(args.name, args.config, args.overrides, args.data_root)
+        checked = check_run(args.name, args.config, args.overrides, args.data_root,
+                            require_sweep=args.command == "sweep")
     except BaseException:
         if api is not None:  # bad input: no run starts, so its API goes now, not at exit
             api.stop()

@@ -20,7 +20,7 @@ from flows.ablation import stop_workers
 from flows.checks import CheckedRun
 from flows.pipeline import execute
 from layerwise.train import loop as training
-from layerwise.config import ConfigError, baseline_values, load_raw, trial_raw, validate_pipeline
+from layerwise.config import ConfigError, baseline_values, trial_raw, validate_pipeline
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
@@ -102,8 +102,7 @@ def _final_done(mlf, experiment_id: str, sweep_run_id: str) -> Optional[str]:
 def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, checked: CheckedRun) -> SweepResult:
     """Runs pipeline NAME's sweep to sweep.trials finished trials (continuing its stored study),
     then the best configuration once with its test error measured."""
-    cfg, sweep = checked.cfg, checked.cfg.sweep
-    raw = load_raw(pipeline, config_path, overrides)
+    cfg, sweep, raw = checked.cfg, checked.cfg.sweep, checked.raw  # read and checked once, by check_run
     objective = sweep.objective_for(cfg.unroll is not None)
     study_id = study_name(pipeline, _study_payload(cfg, raw))
     storage = sweep.storage or default_storage()
@@ -231,7 +230,7 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
     log.info(f"final run: trial {best.number}'s configuration" + (
         f" with {cfg.sweep.final_set}" if cfg.sweep.final_set else "") + ", its test error measured once")
     final = execute(run.pipeline, CheckedRun(run.pipeline, best_cfg, checked.data_root, checked.fingerprint,
-                                              checked.tracking_uri, checked.device),
+                                              checked.tracking_uri, checked.device, checked.raw),
                     parent_of=run.parent_run_id, tags=final_tags, title_suffix=f" · sweep's best (trial {best.number})")
     result.final = final
     test = final.outcome.parent_metrics()

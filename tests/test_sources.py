@@ -225,8 +225,6 @@ def test_pixels_kept_as_uint8_train_exactly_as_floats(tmp_path, monkeypatch):
 def test_rgb_arrays_set_the_conv_channels_and_the_classes(tmp_path):
     """The layers follow the data: a conv layer on 3x16x16 images takes 3 channels, the output layer
     has one unit per class, and a label count the data cannot hold names the key."""
-    from pydantic import ValidationError
-
     from flows.checks import check_data
     from layerwise.config import PipelineConfig
     from layerwise.train.finetune import build_classifier
@@ -245,7 +243,7 @@ def test_rgb_arrays_set_the_conv_channels_and_the_classes(tmp_path):
     assert cfg.layers[0].input_shape == [3, 16, 16] and cfg.sizes == [768, 4 * 8 * 8, 8]
     model = build_classifier(None, cfg.finetune, cfg.layers, cfg.data.n_classes)
     assert model.hidden[0][0].in_channels == 3 and model.output.out_features == 3
-    with pytest.raises(ValidationError, match="finetune.labels is 90 but must lie between 3"):
+    with pytest.raises(ValueError, match="finetune.labels is 90 but must lie between 3"):
         cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"labels": 90})}).bound_to(cfg.data.found)
 
 

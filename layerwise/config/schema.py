@@ -542,8 +542,7 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _resolve(self):
         if self.data.found is not None:  # else a source whose images are not read yet: check_run binds it
-            resolve_layers(self.layers, tuple(self.data.found.shape),
-                           "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
+            self._resolve_layers()
         for part in [*self.layers, self.finetune, self.unroll]:  # every training takes the pipeline's
             if part is not None and part.precision is None:
                 part.precision = self.precision
@@ -572,8 +571,17 @@ class PipelineConfig(Strict):
         if self.finetune is not None and self.data.val_size == 0 and self.finetune.keep != "last":
             raise ValueError("data.val_size is 0: there is no validation split to pick the best epoch by; "
                              "set finetune.keep: last")
-        if self.finetune is None or self.data.found is None:
-            return self
+        if self.data.found is not None:
+            self._check_label_counts()
+        return self
+
+    def _resolve_layers(self) -> None:
+        resolve_layers(self.layers, tuple(self.data.found.shape),
+                       "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
+
+    def _check_label_counts(self) -> None:
+        if self.finetune is None:
+            return
         n_train, n_classes = self.data.n_train, self.data.n_classes
         counts = [("finetune.labels", self.finetune.labels)]
         if self.ablation:
@@ -582,7 +590,6 @@ class PipelineConfig(Strict):
             if isinstance(count, int) and not n_classes <= count <= n_train:
                 raise ValueError(f"{key} is {count} but must lie between {n_classes} (one per class) and "
                                  f"{n_train} (the training images left after data.val_size={self.data.val_size})")
-        return self
 
     def _check_sweep(self) -> None:
         if self.ablation:
@@ -599,11 +606,19 @@ class PipelineConfig(Strict):
                                  f"every trial is judged on, or a part no trial runs); search other keys")
 
     def bound_to(self, facts: DataFacts) -> "PipelineConfig":
-        """This config for the data the run found: layers resolved against its image shape, label
-        counts checked against its labelled images and classes (a ValueError names the key)."""
-        dump = self.model_dump()
-        dump["data"]["found"] = facts.model_dump()
-        return PipelineConfig.model_validate(dump)
+        """A copy of this (validated) config for the data the run found: data.found set, the layers
+        resolved against its image shape, the data block's sizes and the label counts checked
+        against its labelled images and classes. Only what the data decides is looked at again:
+        the rest was validated when the config was read. A ValueError names the key."""
+        try:
+            data = DataConfig.model_validate({**self.data.model_dump(exclude={"found"}), "found": facts.model_dump()})
+        except ValidationError as exc:  # named as the pipeline's validation names them: data.KEY
+            raise ValueError(describe_errors([{**err, "loc": ("data", *err["loc"])} for err in exc.errors()],
+                                             PipelineConfig)) from None
+        bound = self.model_copy(deep=True, update={"data": data})
+        bound._resolve_layers()
+        bound._check_label_counts()
+        return bound
 
     @property
     def sizes(self) -> list[int]:
