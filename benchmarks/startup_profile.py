@@ -125,7 +125,8 @@ def child(args) -> None:
     import flows.pipeline
     import layerwise.datasets.mnist
     import layerwise.train.finetune
-    import layerwise.train.stack
+    import layerwise.train.autoencoder
+    import layerwise.train.evaluate
     import tasks.data
     import tasks.finetune
     import tasks.runs
@@ -155,8 +156,8 @@ def child(args) -> None:
     ledger.patch(tasks.data, "split_source", "data: decode MNIST and split")
     for name in ("save", "load"):
         ledger.patch(torch, name, "intermediate files (torch.save / torch.load)")
-    ledger.patch(layerwise.train.stack, "train_autoencoder", "compute")
-    ledger.patch(layerwise.train.stack, "encode", "compute")
+    ledger.patch(layerwise.train.autoencoder, "train_autoencoder", "compute")
+    ledger.patch(layerwise.train.evaluate, "encode", "compute")
     ledger.patch(layerwise.train.finetune, "train_classifier", "compute")
     ledger.patch(tasks.finetune, "accuracy", "compute")
     for name in ("get", "put", "load"):

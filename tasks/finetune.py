@@ -61,7 +61,7 @@ def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
     tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed),
             "layerwise.method": method(cfg)}
     if ft.unlabelled is not None:
-        tags["layerwise.nn.unlabelled"] = ft.unlabelled.objective
+        tags["layerwise.unlabelled"] = ft.unlabelled.objective
     if ft.init == "pretrained" and cfg.variant:
         tags["layerwise.variant"] = cfg.variant
     return tags

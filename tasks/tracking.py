@@ -168,7 +168,7 @@ def mark_stale_runs(mlf: MlflowClient, experiment_id: str) -> list[str]:
     return stale
 
 
-DEVICE_TAG = "layerwise.machine.device"  # where a run computed: 'cpu', 'cuda:0 (NVIDIA H100 80GB HBM3)'
+DEVICE_TAG = "layerwise.device"  # where a run computed: 'cpu', 'cuda:0 (NVIDIA H100 80GB HBM3)'
 
 
 def start_run(mlf: MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str],

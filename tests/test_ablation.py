@@ -80,8 +80,8 @@ def test_unlabelled_objectives_are_rows_beside_the_plain_ones(prefect_harness, t
     by_method = {r.data.tags["layerwise.method"]: r for r in runs}
     assert set(by_method) == {"pretrained", "scratch", "pretrained+pseudo_label", "pretrained+reconstruction",
                               "scratch+consistency", "pretrained+virtual_adversarial"}
-    assert by_method["pretrained+reconstruction"].data.tags["layerwise.nn.unlabelled"] == "reconstruction"
-    assert "layerwise.nn.unlabelled" not in by_method["pretrained"].data.tags
+    assert by_method["pretrained+reconstruction"].data.tags["layerwise.unlabelled"] == "reconstruction"
+    assert "layerwise.unlabelled" not in by_method["pretrained"].data.tags
     rows = {row["init"]: row for row in result.outcome.cells}
     plain_rows = {row["init"]: row for row in plain.outcome.cells}
     for init in ("pretrained", "scratch"):  # the plain cells: the same cells (reused), the same errors

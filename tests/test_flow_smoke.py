@@ -49,7 +49,7 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
     assert parent.data.params["finetune.labels"] == "200" and parent.data.params["layers.0.l1"] == "0.03"
     device = "cuda" if torch.cuda.is_available() else "cpu"  # device: auto
     assert parent.data.params["resolved_device"].startswith(device)
-    assert parent.data.tags["layerwise.machine.device"] == parent.data.params["resolved_device"]
+    assert parent.data.tags["layerwise.device"] == parent.data.params["resolved_device"]
     logged = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "pipeline.yaml", str(tmp_path))))
     assert logged["pipelines"]["smoke"]["layers"][2]["size"] == 500
 
@@ -59,7 +59,7 @@ def test_smoke_pipeline_builds_the_whole_run_tree(prefect_harness, tracking, tmp
         run = children[f"pretrain-{index}"]
         assert run.info.status == "FINISHED" and run.info.run_name.startswith(f"pretrain-{index} ")
         assert run.data.tags["layerwise.pipeline"] == "smoke"
-        assert run.data.tags["layerwise.machine.device"] == parent.data.tags["layerwise.machine.device"]
+        assert run.data.tags["layerwise.device"] == parent.data.tags["layerwise.device"]
         assert run.data.params["layer.size"] == ["1000", "1000", "500"][index - 1]
         for metric in ("recon_loss", "val_recon_loss", "code_l1", "code_active_frac"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1]

@@ -5,12 +5,15 @@ as a ConfigError whose message names the file, the pipeline and the dotted key, 
 print it and exit 2 before any data is read or any MLflow run exists.
 
   schema.py   the pydantic models, constants, and layer resolution (resolve_layers)
-  grid.py     the ablation grid a pipeline expands to (cells, stacks, cell names)
+  grid.py     the ablation grid a pipeline expands to (cells with their fine-tune settings in
+              force, stacks, cell names; it imports schema.py, never the reverse)
   loading.py  reading the file (size and YAML-expansion guards), --set overrides, validation
+  sweep.py    a sweep's search space
   errors.py   ConfigError and the wording of pydantic's errors
 
-The package imports no Prefect or MLflow: cron and timezone strings are judged in
-flows/schedules.py, next to `layerwise serve`.
+May import: pydantic, yaml, layerwise.paths (the default file), layerwise.errors: no torch, so the
+CLI checks a config before the core loads. No Prefect or MLflow either: cron and timezone strings
+are judged in flows/schedules.py, next to `layerwise serve`.
 """
 from layerwise.config.errors import ConfigError, describe_errors
 from layerwise.config.schema import (MNIST_CLASSES, MNIST_INPUT, MNIST_SHAPE, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES,
