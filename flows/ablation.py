@@ -10,8 +10,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from layerwise.config import AblationConfig, PipelineConfig, cell_name, method
 from layerwise.config import cells as grid_cells
-from layerwise.train import loop as training  # the module, not its Event: a flow's globals travel to Dask workers
 from layerwise.machine.device import spread
+from layerwise.train import loop as training  # the module, not its Event: a flow's globals travel to Dask workers
 from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.finetune import cell_key, finetune

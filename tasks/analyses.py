@@ -10,12 +10,12 @@ from prefect import task
 
 from layerwise.config import PipelineConfig, RetrievalConfig
 from layerwise.datasets import to_unit
-from layerwise.report.figures import code_scatter, digit_rows, image_grid, retrieval_hits
+from layerwise.machine.cpu import configure_cpu
 from layerwise.nn.pca import fit_pca
+from layerwise.report.figures import code_scatter, digit_rows, image_grid, retrieval_hits
+from layerwise.report.retrieval import nearest, precision_at_k
 from layerwise.store.checkpoint import load_unrolled
 from layerwise.store.files import load_codes, load_inputs, load_labels
-from layerwise.report.retrieval import nearest, precision_at_k
-from layerwise.machine.cpu import configure_cpu
 from tasks import tracking
 from tasks.context import RunContext
 from tasks.data import DataFiles

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import task
 
 from layerwise.config import DataConfig
-from layerwise.datasets.splits import split_source
 from layerwise.datasets import load_source
+from layerwise.datasets.splits import split_source
 from layerwise.paths import work_root
 from layerwise.store.files import save_splits
 from tasks.datasets import split

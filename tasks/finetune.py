@@ -10,17 +10,17 @@ import mlflow
 import torch
 from prefect import task
 
+from layerwise.config import PipelineConfig, cell_name, flatten, method
+from layerwise.datasets import to_unit
+from layerwise.machine.cpu import configure_cpu
+from layerwise.nn.transfer import freeze
+from layerwise.paths import PROJECT_ROOT, work_root
 from layerwise.store.cache import Store, content_key, load_file
 from layerwise.store.checkpoint import load_encoder, load_stage
-from layerwise.config import PipelineConfig, cell_name, flatten, method
 from layerwise.store.files import SPLITS, load_inputs, load_labels
-from layerwise.datasets import to_unit
-from layerwise.paths import PROJECT_ROOT, work_root
+from layerwise.train.evaluate import accuracy
 from layerwise.train.finetune import Labelled
 from layerwise.train.finetune import finetune as train
-from layerwise.machine.cpu import configure_cpu
-from layerwise.train.evaluate import accuracy
-from layerwise.nn.transfer import freeze
 from tasks import tracking
 from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles

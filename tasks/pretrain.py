@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from layerwise.config import LayerConfig, PipelineConfig, flatten
+from layerwise.machine.cpu import configure_cpu
+from layerwise.nn.transfer import freeze
+from layerwise.paths import work_root
 from layerwise.store.cache import Store, stage_key
 from layerwise.store.checkpoint import load_encoder, save_stage
-from layerwise.config import LayerConfig, PipelineConfig, flatten
-from layerwise.paths import work_root
 from layerwise.train.autoencoder import train_stage
 from layerwise.train.evaluate import Splits, encode_splits
 from layerwise.train.stack import Stage, pretrain_stack
-from layerwise.machine.cpu import configure_cpu
-from layerwise.nn.transfer import freeze
 from tasks import tracking
 from tasks.context import RunContext
 from tasks.logs import epoch_reporter, run_logger

@@ -14,8 +14,8 @@ from mlflow.entities import RunStatus
 from prefect import task
 
 from layerwise.config import PipelineConfig, cells, flatten, needs_stack
-from layerwise.machine.device import place
 from layerwise.errors import Pruned
+from layerwise.machine.device import place
 from layerwise.paths import work_root
 from layerwise.store.files import load_inputs
 from tasks import tracking

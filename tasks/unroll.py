@@ -8,14 +8,14 @@ from typing import Optional
 
 from prefect import task
 
+from layerwise.config import PipelineConfig, flatten
+from layerwise.machine.cpu import configure_cpu
+from layerwise.machine.device import place
+from layerwise.paths import work_root
 from layerwise.store.cache import Store, content_key, load_file
 from layerwise.store.checkpoint import load_stage, load_unrolled, save_unrolled
 from layerwise.store.files import CODES, SPLITS, load_inputs, save_codes
-from layerwise.config import PipelineConfig, flatten
-from layerwise.machine.device import place
 from layerwise.train.evaluate import encode
-from layerwise.paths import work_root
-from layerwise.machine.cpu import configure_cpu
 from layerwise.train.unroll import unroll
 from tasks import tracking
 from tasks.context import RunContext, Trial
