@@ -1,8 +1,10 @@
 """The pipeline schema: pydantic models of pipelines.yaml, its constants, and layer resolution.
 
 Validating a PipelineConfig resolves it: every layer's input width, a conv layer's input shape and
-code size, and `loss: auto` are filled in by resolve_layers. The ablation grid a config expands to
-lives in grid.py (which imports this module, never the reverse), reading and --set overrides in loading.py, the error wording in errors.py.
+code size, and `loss: auto` are filled in by resolve_layers (for a source whose images are not read
+yet, by bound_to once the run has read them). The ablation grid a config expands to lives in grid.py
+(which imports this module, never the reverse), reading and --set overrides in loading.py, the error
+wording in errors.py.
 Cron and timezone strings are judged next to `layerwise serve` (flows/schedules.py): the core
 imports no Prefect.
 """

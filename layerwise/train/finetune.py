@@ -38,7 +38,8 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
     """config.init 'pretrained': copies of the encoders; 'scratch': the same architecture (layers)
     from random init. The output layer is random, seeded by config.seed."""
     if config.init == "scratch":
-        model = scratch_classifier(layers, n_classes, config.dropout, config.seed, config.input_dropout, config.batch_norm)
+        model = scratch_classifier(layers, n_classes, config.dropout, config.seed, config.input_dropout,
+                                   config.batch_norm)
     elif not encoders:
         raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
     else:
