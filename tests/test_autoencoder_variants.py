@@ -70,7 +70,7 @@ def test_objective_adds_only_the_penalties_in_force():
 
 
 def test_denoising_corrupts_the_input_only_and_compares_with_the_clean_one(monkeypatch):
-    import layerwise.train.loop as training
+    import layerwise.train.autoencoder as training
 
     seen = {}
     real = training.reconstruction_loss
