@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cpu, data_sources, e2e, kernels
+from benchmarks import cpu, data_sources, e2e, kernels, semi_supervised
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
 from layerwise.machine.cpu import isa_summary
@@ -95,11 +95,12 @@ def commit() -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the suite out")
-    parser.add_argument("--only", choices=["e2e", "data", "cpu"], default=None,
+    parser.add_argument("--only", choices=["e2e", "data", "cpu", "semi"], default=None,
                         help="run one section alone (writes results/SECTION.json and .md, latest.* untouched); e2e: "
                              "`layerwise run quickstart` against a bare PyTorch script; data: MNIST as a folder of "
                              "PNGs, decoded and read from the decode cache; cpu: the ISA, fp32 and bf16 peaks, each "
-                             "stage's fraction of its precision's peak, quickstart in fp32 and bf16")
+                             "stage's fraction of its precision's peak, quickstart in fp32 and bf16; semi: a semi-supervised "
+                             "step against a plain one, time against FLOPs")
     parser.add_argument("--pairs", type=int, default=2,
                         help="end-to-end line: how many (bare, layerwise) pairs, alternated (default: %(default)s)")
     args = parser.parse_args()
@@ -119,6 +120,10 @@ def main() -> int:
             results["cpu"] = cpu_section(args, threads, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    if args.only == "semi":
+        log("== a semi-supervised step against a plain one (unlabelled-ablation's 100-label cell)")
+        mnist = load_mnist(data_root(), None, 10000, 0)
+        results["semi_supervised"] = semi_supervised.run(mnist.x_train, mnist.y_train, threads, log=log)
     if args.only == "data":
         scratch = Path(tempfile.mkdtemp(prefix="layerwise-bench-"))
         try:
@@ -181,6 +186,9 @@ def run_sections(args, results: dict, threads: int) -> None:
         for name, prof in results["kernels"]["step_profile"].items():
             log(f"  784->1000 step, {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in prof["ms_per_step"].items())
                 + f"; {prof['gflops']:.0f} GFLOP/s")
+        log("== a semi-supervised step against a plain one (unlabelled-ablation's 100-label cell)")
+        results["semi_supervised"] = semi_supervised.run(mnist.x_train, mnist.y_train, threads,
+                                                         steps=20 if args.quick else 100, log=log)
         log("== scaling: epoch time against images and batch size (784->1000)")
         sizes = [2500, 5000, 10000] if args.quick else [10000, 25000, 50000]
         results["scaling"] = kernels.scaling(x, xv, threads, sizes, [64, 128, 256, 512, 1024], layer.batch_size,

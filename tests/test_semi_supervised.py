@@ -160,3 +160,18 @@ def test_batch_norm_and_dropout_do_not_mix_under_the_virtual_adversarial_objecti
                        unlabelled=UnlabelledConfig(objective="virtual_adversarial"))
     with pytest.raises(ValueError, match="power_iterations"):
         UnlabelledConfig(objective="pseudo_label", power_iterations=2)
+
+
+def test_a_conv_block_normalises_its_maps_and_keeps_its_pretrained_function():
+    from layerwise.nn.models import ConvEncoder
+    torch.manual_seed(0)
+    encoder = ConvEncoder((1, 6, 6), 3, 3, 2, "sigmoid")
+    x = torch.rand(128, 36)
+    plain = Classifier([encoder], 2)
+    import copy
+    normed = Classifier([copy.deepcopy(encoder)], 2, batch_norm=True)
+    assert isinstance(normed.hidden[0].norm, nn.BatchNorm2d) and normed.hidden[0][0] is not None
+    normed.output.load_state_dict(plain.output.state_dict())
+    keep_pretrained_function_(normed.train(), x)
+    assert torch.allclose(normed(x), plain(x), atol=1e-4)
+    assert torch.allclose(normed.eval()(x), plain(x), atol=1e-4)

@@ -35,6 +35,53 @@ def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
+def controls(method: str, methods) -> list[str]:
+    """What a row is compared with, seed by seed: an objective's row with the same start without it
+    (+objective − plain); a pretrained row (or variant) with scratch; pretrained+objective also with
+    scratch+objective (what pretraining adds under the objective)."""
+    if "+" in method:
+        start, objective = method.split("+", 1)
+        pairs = [start]
+        if start != "scratch" and f"scratch+{objective}" in methods:
+            pairs.append(f"scratch+{objective}")
+        return [c for c in pairs if c in methods]
+    return ["scratch"] if method != "scratch" and "scratch" in methods else []
+
+
+def paired_frame(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Each row's difference from its controls (row − control, test error points), paired by seed:
+    mean over the seeds both have, and a `level` interval from Student's t over those differences
+    (none from a single seed). Negative = the row has the lower error."""
+    from scipy import stats
+
+    methods = list(dict.fromkeys(results["init"]))
+    by = results.pivot_table(index=["labels", "seed"], columns="init", values="test_error")
+    rows = []
+    for labels, block in by.groupby(level="labels"):
+        for method in methods:
+            for control in controls(method, methods):
+                diffs = (block[method] - block[control]).dropna()
+                n = len(diffs)
+                mean = diffs.mean() if n else float("nan")
+                half = (stats.t.ppf(0.5 + level / 2, n - 1) * diffs.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+                rows.append({"labels": labels, "method": method, "control": control, "n": n, "mean_diff": mean,
+                             "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(rows, columns=["labels", "method", "control", "n", "mean_diff", "ci_low", "ci_high"])
+
+
+def paired_markdown(paired: pd.DataFrame, level: float = 0.95) -> str:
+    if paired.empty:
+        return ""
+    lines = [f"Paired by seed, row − control (test error points; mean over seeds, {level:.0%} interval "
+             "from Student's t; negative: the row errs less):", "",
+             "| labels | row − control | mean | interval | seeds |", "|---|---|---|---|---|"]
+    for _, r in paired.iterrows():
+        interval = "–" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        lines.append(f"| {int(r['labels'])} | {r['method']} − {r['control']} | {r['mean_diff']:+.2f} | "
+                     f"{interval} | {int(r['n'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def uses_unlabelled(methods) -> bool:
     """Whether a grid's methods include an unlabelled objective ('pretrained+pseudo_label')."""
     return any("+" in method for method in methods)
@@ -52,8 +99,9 @@ def reference_points(methods, anchors: bool) -> list[tuple[str, dict, str]]:
 
 
 def summary_markdown(summary: pd.DataFrame, title: str, test_set: str = "the official 10,000-image MNIST test set",
-                     anchors: bool = True) -> str:
-    """anchors: add the published MNIST few-label errors (only where the data is MNIST)."""
+                     anchors: bool = True, paired: pd.DataFrame | None = None) -> str:
+    """anchors: add the published MNIST few-label errors (only where the data is MNIST); paired:
+    paired_frame's differences, as a second table."""
     inits = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     header = ["labels"] + [f"{init} error % (mean ± std, n)" for init in inits]
     gains = [init for init in inits if gain_column(init) in summary.columns]
@@ -75,10 +123,14 @@ def summary_markdown(summary: pd.DataFrame, title: str, test_set: str = "the off
         lines[-1] += (" Using the unlabelled images too (" + UNLABELLED_SOURCE + "): "
                       + "; ".join(f"{name} " + ", ".join(f"{v:g} at {n}" for n, v in errs.items())
                                   for name, errs in UNLABELLED_ERRORS.items()) + ".")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + paired_markdown(paired) if paired is not None and not paired.empty else "")
 
 
-def plot_ablation(summary: pd.DataFrame, path: Path, title: str, anchors: bool = True) -> Path:
+def plot_ablation(summary: pd.DataFrame, path: Path, title: str, anchors: bool = True,
+                  results: pd.DataFrame | None = None) -> Path:
+    """Mean ± std per method against the label count, with each seed's own point (results) beside
+    it, and the published points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,8 +140,12 @@ def plot_ablation(summary: pd.DataFrame, path: Path, title: str, anchors: bool =
     methods = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     styles = iter(["o-", "D-", "^-", "v-", "P-", "X-"])
     for init in methods:
-        ax.errorbar(summary["labels"], summary[f"{init}_mean"], yerr=summary[f"{init}_std"].fillna(0),
-                    fmt="s--" if init == "scratch" else next(styles), capsize=4, label=f"{init} (measured)")
+        line = ax.errorbar(summary["labels"], summary[f"{init}_mean"], yerr=summary[f"{init}_std"].fillna(0),
+                           fmt="s--" if init == "scratch" else next(styles), capsize=4, label=f"{init} (measured)")
+        if results is not None:  # every seed's cell, in the method's colour
+            seeds = results[results["init"] == init]
+            ax.plot(seeds["labels"], seeds["test_error"], ".", color=line[0].get_color(), alpha=0.6,
+                    markersize=5)
     markers = iter("v^Dxp*<>h")
     for name, errors, source in reference_points(methods, anchors):
         ax.plot(list(errors), list(errors.values()), next(markers),
