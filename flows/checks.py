@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from flows.schedules import check_schedules
-from layerwise.config import ConfigError, DataFacts, PipelineConfig, load_raw, validate_pipeline
+from layerwise.config import ConfigError, DataFacts, PipelineConfig, load_raw, searched_raw, validate_pipeline
 from layerwise.machine.memory import check_fits
 from layerwise.paths import data_root
 
@@ -84,6 +84,9 @@ def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
     cfg = validate_pipeline(pipeline, raw, str(config_path))
     if require_sweep and cfg.sweep is None:
         raise ConfigError(f"{config_path}: pipeline '{pipeline}' has no sweep: block to run")
+    if require_sweep and cfg.sweep.search_set:  # the trials' pipeline (checked with the space already)
+        raw = searched_raw(raw, cfg.sweep, f"{config_path}: pipeline '{pipeline}'")
+        cfg = validate_pipeline(pipeline, raw, str(config_path))
     check_schedules({pipeline: cfg}, config_path)
     root = data_root(data_root_arg)
     allow_download = data_root_arg is None and "MNIST_ROOT" not in os.environ

@@ -25,6 +25,7 @@ from tasks.context import RunContext
 from tasks.finetune import finetune
 from tasks.logs import run_logger
 from tasks.pretrain import StackFiles, pretrain_stack_tracked
+from tasks.report import publish_report
 from tasks.results import RunResult
 from tasks.runs import open_pipeline_run, record_datasets, record_results, run_note, system_metrics
 
@@ -85,6 +86,7 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
             result.wall_seconds = time.perf_counter() - started
             record_results(run.parent_run_id, {**outcome.parent_metrics(), "wall_seconds": result.wall_seconds},
                            run_note(pipeline, cfg, outcome, result.wall_seconds))
+            publish_report(run.parent_run_id, pipeline)  # report.md on the run, a markdown artifact in Prefect
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
     return result

@@ -30,6 +30,7 @@ from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
+from tasks.report import publish_report
 from tasks.runs import NOTE_TAG, system_metrics
 from tasks.uninterrupted import interrupts_held
 from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
@@ -124,7 +125,9 @@ def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, check
                      + (" (resumed)" if parent["resumed"] else ""))
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             _run_trials(study, run, raw, checked, config_path, data, objective)
-            return _conclude(study, run, raw, checked, objective, study_id)
+            result = _conclude(study, run, raw, checked, objective, study_id)
+            publish_report(run.parent_run_id, pipeline)  # the trials, the best and the final run
+            return result
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)
 

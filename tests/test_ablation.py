@@ -29,8 +29,8 @@ def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, track
     assert sorted(r.data.tags["layerwise.stage"] for r in stages) == ["pretrain-1", "pretrain-2"]  # trained once
 
     parent = result.parent_run_id
-    assert sorted(a.path for a in client.list_artifacts(parent)) == ["ablation.png", "pipeline.yaml", "results.csv",
-                                                                    "summary.md"]
+    assert sorted(a.path for a in client.list_artifacts(parent)) == ["ablation.png", "paired.csv", "pipeline.yaml",
+                                                                    "report.md", "results.csv", "summary.md"]
     frame = pd.read_csv(client.download_artifacts(parent, "results.csv", str(tmp_path)))
     assert len(frame) == 8 and set(frame["init"]) == {"pretrained", "scratch"}
     by_run = {run.info.run_id: run.data.metrics["test_error"] for run in cells.values()}

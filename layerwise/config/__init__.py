@@ -26,7 +26,8 @@ from layerwise.config.grid import cell_name, cells, method, needs_stack, stacks,
 from layerwise.config.loading import (MAX_CONFIG_BYTES, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES,
                                       MAX_OVERRIDE_BYTES, apply_overrides, baseline_values, flatten, load_all,
                                       load_pipeline, load_raw,
-                                      read_pipelines_file, safe_yaml, trial_raw, validate_pipeline)
+                                      read_pipelines_file, safe_yaml, searched_raw, trial_raw,
+                                      validate_pipeline)
 
 __all__ = [
     # errors
@@ -41,6 +42,6 @@ __all__ = [
     "cell_name", "cells", "method", "needs_stack", "stacks", "variant_stack",
     # loading
     "MAX_CONFIG_BYTES", "MAX_EXPANDED_CHARS", "MAX_EXPANDED_NODES", "MAX_OVERRIDE_BYTES", "apply_overrides", "baseline_values",
-    "flatten", "load_all", "load_pipeline", "load_raw", "read_pipelines_file", "safe_yaml", "trial_raw",
+    "flatten", "load_all", "load_pipeline", "load_raw", "read_pipelines_file", "safe_yaml", "searched_raw", "trial_raw",
     "validate_pipeline",
 ]

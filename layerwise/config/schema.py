@@ -600,8 +600,10 @@ class PipelineConfig(Strict):
         if (objective == "val_sq_error") != (self.unroll is not None):
             raise ValueError(f"sweep.objective {objective} does not fit a pipeline that "
                              f"{'unrolls (use val_sq_error)' if self.unroll else 'fine-tunes a classifier (use val_accuracy)'}")
-        if objective == "val_accuracy" and self.data.val_size == 0:
-            raise ValueError("sweep.objective val_accuracy needs validation images: data.val_size is 0")
+        # the trials run with sweep.search_set: a pipeline shipped without validation gets it back there
+        if objective == "val_accuracy" and self.sweep.search_set.get("data.val_size", self.data.val_size) == 0:
+            raise ValueError("sweep.objective val_accuracy needs validation images: data.val_size is 0 "
+                             "(give the trials some with sweep.search_set: {data.val_size: N})")
         for key in self.sweep.space:
             if key.split(".")[0] in FIXED_PREFIXES:
                 raise ValueError(f"sweep.space.{key}: {key.split('.')[0]} is the same for every trial (the data "
