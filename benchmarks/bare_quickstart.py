@@ -42,7 +42,7 @@ def fused(device: torch.device):
 
 class BCEWithLogitsSum(torch.autograd.Function):
     """F.binary_cross_entropy_with_logits(z, x, reduction='sum') without log1p, which is not
-    vectorised on the CPUs measured (the project's layerwise.losses does the same; written out
+    vectorised on the CPUs measured (the project's layerwise.nn.losses does the same; written out
     here because this script imports only torch): same value to rounding, the same gradient."""
 
     @staticmethod
@@ -72,7 +72,7 @@ N_CLASSES = 10
 
 
 def load_split(root: Path, train_size: int | None, val_size: int, split_seed: int):
-    """The project's split (layerwise.data.load_mnist): a seeded permutation of the official 60,000,
+    """The project's split (layerwise.datasets.mnist.load_mnist): a seeded permutation of the official 60,000,
     the first val_size positions validation, the rest training, each sorted."""
     train, test = MNIST(str(root), train=True, download=False), MNIST(str(root), train=False, download=False)
     x, y = train.data.reshape(len(train.data), -1).float().div_(255.0), train.targets.long()

@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from benchmarks.kernels import matmul_peak, stage_flops, stage_inputs, train_stage
-from layerwise.cpu import bf16_matmul_isa
-from layerwise.training import configure_cpu
+from layerwise.machine.cpu import bf16_matmul_isa
+from layerwise.machine.cpu import configure_cpu
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from layerwise.config import DataConfig
-from layerwise.data import split_source
+from layerwise.datasets.splits import split_source
 from layerwise.datasets import load_source
 
 SPLIT = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.config import LayerConfig
-from layerwise.losses import bce_with_logits_sum
-from layerwise.models import seeded_autoencoder
-from layerwise.training import ACTIVE_THRESHOLD, configure_cpu, train_autoencoder
+from layerwise.nn.losses import bce_with_logits_sum
+from layerwise.nn.models import seeded_autoencoder
+from layerwise.machine.cpu import configure_cpu
+from layerwise.train.autoencoder import ACTIVE_THRESHOLD, train_autoencoder
 
 
 def matmul_peak(threads: int, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:

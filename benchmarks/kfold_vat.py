@@ -20,9 +20,9 @@ pipeline gives them one); a tie goes to the lower held-out cross-entropy.
 What each member trains is layerwise's fine-tune with batch_norm, written for a batch of members:
 dense blocks Linear -> batch norm -> ReLU; scratch weights He-normal, zero biases; pretrained
 blocks the stack's encoders with their batch norm set to keep the pretrained function
-(layerwise.transfer.keep_pretrained_function_); Adam with linear_decay; each step the member's
+(layerwise.nn.transfer.keep_pretrained_function_); Adam with linear_decay; each step the member's
 labelled images (all of them, up to 100) and a batch of unlabelled ones, in one pass (one set of
-batch statistics), with the virtual-adversarial cost (layerwise.unlabelled: a probe of VAT_XI, clean prediction a constant target, only the clean
+batch statistics), with the virtual-adversarial cost (layerwise.nn.unlabelled: a probe of VAT_XI, clean prediction a constant target, only the clean
 pass moves batch norm's statistics) plus `entropy` times the clean predictions' entropy.
 """
 from __future__ import annotations
@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-XI = 1e-2          # layerwise.unlabelled.VAT_XI
+XI = 1e-2          # layerwise.nn.unlabelled.VAT_XI
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm1d's defaults
 FOLDS = 5
-CALIBRATION_IMAGES = 2048  # layerwise.finetune.CALIBRATION_IMAGES
+CALIBRATION_IMAGES = 2048  # layerwise.train.finetune.CALIBRATION_IMAGES
 
 
 # ---------------------------------------------------------------- prepare (needs the project)
@@ -51,7 +51,8 @@ def prepare(out: Path, stack: Path | None, n_labels: int, seed: int, split_seed:
     images are left out of the file altogether."""
     import os
 
-    from layerwise.data import label_subset, load_mnist
+    from layerwise.datasets.mnist import load_mnist
+    from layerwise.datasets.splits import label_subset
 
     splits = load_mnist(Path(os.environ.get("MNIST_ROOT", "data")), None, val_size, split_seed)
     subset = label_subset(splits.y_train, n_labels, seed)

@@ -20,13 +20,14 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect.server.api.server import SubprocessASGIServer  # noqa: E402
 
 import flows.pipeline as pipeline_module  # noqa: E402
-import layerwise.finetune  # noqa: E402
-import layerwise.stack  # noqa: E402
-import layerwise.data  # noqa: E402
+import layerwise.train.autoencoder  # noqa: E402
+import layerwise.train.evaluate  # noqa: E402
+import layerwise.train.finetune  # noqa: E402
+import layerwise.datasets.mnist  # noqa: E402
 import tasks.data  # noqa: E402
 import tasks.finetune  # noqa: E402
 from benchmarks.timers import Ledger  # noqa: E402
-from layerwise.cache import Store  # noqa: E402
+from layerwise.store.cache import Store  # noqa: E402
 
 IMPORTED = time.perf_counter()
 MLFLOW = "mlflow_logging"
@@ -35,16 +36,17 @@ MLFLOW = "mlflow_logging"
 def instrument() -> Ledger:
     ledger = Ledger(sticky=(MLFLOW,))
     ledger.patch(SubprocessASGIServer, "start", "prefect_api_start")
-    # the MD5 check before the flow (check_data imports it from layerwise.data when it runs), then the
+    # the MD5 check before the flow (check_data imports it from layerwise.datasets.mnist when it runs), then the
     # source read and split inside it
-    ledger.patch(layerwise.data, "ensure_mnist", "data_loading")
+    ledger.patch(layerwise.datasets.mnist, "ensure_mnist", "data_loading")
     ledger.patch(tasks.data, "load_source", "data_loading")
     ledger.patch(tasks.data, "split_source", "data_loading")
-    # the core's loops, patched where the tasks reach them: train_stage and encode_splits (layerwise.stack)
-    # and finetune (layerwise.finetune) look these names up in their own modules
-    ledger.patch(layerwise.stack, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")
-    ledger.patch(layerwise.stack, "encode", "encoding")
-    ledger.patch(layerwise.finetune, "train_classifier", lambda a, k: "compute:finetune")
+    # the core's loops, patched where the tasks reach them: train_stage (layerwise.train.autoencoder),
+    # encode_splits (layerwise.train.evaluate) and finetune (layerwise.train.finetune) look these names up in their
+    # own modules
+    ledger.patch(layerwise.train.autoencoder, "train_autoencoder", lambda a, k: f"compute:{k.get('name') or a[5]}")
+    ledger.patch(layerwise.train.evaluate, "encode", "encoding")
+    ledger.patch(layerwise.train.finetune, "train_classifier", lambda a, k: "compute:finetune")
     ledger.patch(tasks.finetune, "accuracy", lambda a, k: "compute:finetune")
     ledger.patch(Store, "get", "cache_lookup")
     ledger.patch(Store, "put", "cache_store")

@@ -20,8 +20,8 @@ import torch
 from benchmarks import cpu, data_sources, e2e, kernels, semi_supervised
 from benchmarks.report import markdown
 from layerwise.config import load_pipeline
-from layerwise.cpu import isa_summary
-from layerwise.data import load_mnist
+from layerwise.machine.cpu import isa_summary
+from layerwise.datasets.mnist import load_mnist
 from layerwise.paths import PROJECT_ROOT, data_root
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"

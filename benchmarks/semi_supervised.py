@@ -4,7 +4,7 @@ of the virtual-adversarial cost (the unlabelled images in the labelled pass, the
 probe forward and backward, the perturbed forward and backward) should cost what their arithmetic
 costs: time ratio / FLOP ratio near 1.
 
-Both steps run through the fine-tune's own loop (layerwise.training.train_classifier) on MNIST
+Both steps run through the fine-tune's own loop (layerwise.train.classifier.train_classifier) on MNIST
 images, with the pipeline's settings (unlabelled-ablation's pretrained+virtual_adversarial cell);
 FLOPs are counted by torch.utils.flop_counter over the same loop."""
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from layerwise.config import load_pipeline
-from layerwise.data import Labelled
-from layerwise.finetune import build_classifier
-from layerwise.training import configure_cpu, train_classifier
+from layerwise.datasets.splits import Labelled
+from layerwise.machine.cpu import configure_cpu
+from layerwise.train.classifier import train_classifier
+from layerwise.train.finetune import build_classifier
 
 
 def _steps(config, labelled: Labelled, layers, steps: int, count_flops: bool = False) -> tuple[float, float]:

@@ -123,14 +123,15 @@ def child(args) -> None:
     from mlflow.tracking import MlflowClient
 
     import flows.pipeline
-    import layerwise.data
-    import layerwise.finetune
-    import layerwise.stack
+    import layerwise.datasets.mnist
+    import layerwise.train.finetune
+    import layerwise.train.autoencoder
+    import layerwise.train.evaluate
     import tasks.data
     import tasks.finetune
     import tasks.runs
     import tasks.tracking
-    from layerwise.cache import Store
+    from layerwise.store.cache import Store
 
     MODEL_LOG, PARENT, MLFLOW = "model logging (_log_model)", "open the parent run (open_pipeline_run)", "MLflow calls"
     # sticky: what these call stays theirs (torch.save inside log_model); MLflow calls are not sticky,
@@ -144,7 +145,7 @@ def child(args) -> None:
     ledger.patch(db_utils, "_initialize_tables", "MLflow: create the tables of a fresh sqlite store")
     ledger.patch(db_utils, "_verify_schema", "MLflow: verify the store's schema")
     ledger.patch(tasks.tracking, "check_store", "MLflow store check (check_store)")
-    ledger.patch(layerwise.data, "verify_mnist", "MNIST MD5 check")
+    ledger.patch(layerwise.datasets.mnist, "verify_mnist", "MNIST MD5 check")
     for module_name in ("flows.cli", "flows.checks", "flows.pipeline"):
         module = sys.modules.get(module_name)
         for name, what in (("load_pipeline", "config: load and validate"), ("check_fits", "config: memory estimate"),
@@ -155,9 +156,9 @@ def child(args) -> None:
     ledger.patch(tasks.data, "split_source", "data: decode MNIST and split")
     for name in ("save", "load"):
         ledger.patch(torch, name, "intermediate files (torch.save / torch.load)")
-    ledger.patch(layerwise.stack, "train_autoencoder", "compute")
-    ledger.patch(layerwise.stack, "encode", "compute")
-    ledger.patch(layerwise.finetune, "train_classifier", "compute")
+    ledger.patch(layerwise.train.autoencoder, "train_autoencoder", "compute")
+    ledger.patch(layerwise.train.evaluate, "encode", "compute")
+    ledger.patch(layerwise.train.finetune, "train_classifier", "compute")
     ledger.patch(tasks.finetune, "accuracy", "compute")
     for name in ("get", "put", "load"):
         if hasattr(Store, name):

@@ -8,13 +8,13 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from layerwise.cache import content_key
-from layerwise.config import AblationConfig, PipelineConfig
-from layerwise import training  # the module, not its Event: a flow's globals travel to Dask workers
-from layerwise.device import spread
+from layerwise.config import AblationConfig, PipelineConfig, cell_name, method
+from layerwise.config import cells as grid_cells
+from layerwise.machine.device import spread
+from layerwise.train import loop as training  # the module, not its Event: a flow's globals travel to Dask workers
 from tasks.context import RunContext
 from tasks.data import DataFiles
-from tasks.finetune import finetune
+from tasks.finetune import cell_key, finetune
 from tasks.pretrain import StackFiles
 from tasks.logs import run_logger
 from tasks.report import summarize_ablation
@@ -49,20 +49,11 @@ def threads_per_cell(grid: AblationConfig) -> int:
     return grid.threads_per_worker or max(1, (os.cpu_count() or 1) // grid.workers)
 
 
-def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str, kind: str = "cell") -> str:
-    """What determines a cell's result: its stack (or architecture, from scratch), data and training.
-    kind 'trial-cell': a sweep trial's (stored apart: its entry holds validation metrics only)."""
-    ft = cell.finetune.in_force()
-    stack = stage_keys if ft.init == "pretrained" else [(layer.size, layer.activation) for layer in cell.layers]
-    return content_key({"kind": kind, "stack": stack, "data": cell.data.model_dump(), "fingerprint": fingerprint,
-                        "finetune": ft.model_dump(exclude={"scratch"})})
-
-
 @flow(name="label-ablation", flow_run_name="{run.pipeline}-grid", validate_parameters=False)
 def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks: dict[str, StackFiles],
                    fingerprint: str) -> AblationResult:
     """stacks: the pretrained stacks by variant name ('' without variants), as pipeline.pretrain gives them."""
-    grid, cells = cfg.ablation, cfg.cells()
+    grid, cells = cfg.ablation, grid_cells(cfg)
     threads = threads_per_cell(grid)
     run_logger().info(f"{len(cells)} cells, {grid.workers} at a time with {threads} torch thread(s) each "
                       f"({grid.runner})")
@@ -71,7 +62,7 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
     devices = spread(run.torch_device, len(cells))  # several GPUs: cells round-robin over them
     for cell, device in zip(cells, devices):
         stack = stacks[cell.variant or ""] if cell.finetune.init == "pretrained" else StackFiles()
-        task = finetune.with_options(task_run_name=f"finetune-{cell.cell_name()}")
+        task = finetune.with_options(task_run_name=f"finetune-{cell_name(cell)}")
         futures.append(task.submit(run.on(str(device)), cell, data, list(stack.weights), threads,
                                    cell_key(cell, list(stack.keys), fingerprint), register_model=False))
     try:
@@ -86,7 +77,7 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
     rows = []
     for cell, future in zip(cells, futures):
         result: CellResult = future.result()
-        rows.append({"labels": result.n_labels, "seed": cell.finetune.seed, "init": cell.method(),
+        rows.append({"labels": result.n_labels, "seed": cell.finetune.seed, "init": method(cell),
                      "test_error": result.test_error, "test_accuracy": result.test_accuracy,
                      "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                      "run_id": result.run_id, "trained_by": result.trained_by})

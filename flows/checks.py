@@ -5,15 +5,13 @@ by the flow itself."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pydantic import ValidationError
-
 from flows.schedules import check_schedules
-from layerwise.config import ConfigError, DataFacts, PipelineConfig, describe_errors, load_pipeline
-from layerwise.memory import check_fits
+from layerwise.config import ConfigError, DataFacts, PipelineConfig, load_raw, searched_raw, validate_pipeline
+from layerwise.machine.memory import check_fits
 from layerwise.paths import data_root
 
 
@@ -26,6 +24,7 @@ class CheckedRun:
     fingerprint: str  # of the data (part of every stage's store key)
     tracking_uri: str
     device: str = "cpu"  # cfg.device resolved on this machine (a torch device string)
+    raw: dict = field(default_factory=dict)  # the pipeline as written, --set applied (a sweep's trials start from it)
 
 
 def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: bool,
@@ -34,7 +33,7 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
     root: the data root (MNIST, torchvision); source: the pipelines file (a relative data.path is
     its folder's). Raises DataError for bad data, ConfigError where the config does not fit it."""
     if cfg.data.source == "mnist":  # known without decoding: the files' MD5s are the check
-        from layerwise.data import ensure_mnist
+        from layerwise.datasets.mnist import ensure_mnist
 
         return cfg, ensure_mnist(root, allow_download)
     from layerwise.datasets import load_source
@@ -52,22 +51,21 @@ def check_data(pipeline: str, cfg: PipelineConfig, root: Path, allow_download: b
                       unlabelled=sizes["unlabelled_images"], test=sizes["test_images"])
     try:
         return cfg.bound_to(facts), data.fingerprint
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: pipeline '{pipeline}' on {data.what}: "
-                          f"{describe_errors(exc.errors(), PipelineConfig)}") from None
+    except ValueError as exc:  # names the key (data.KEY, layers.N.KEY, finetune.labels, ...)
+        raise ConfigError(f"{source}: pipeline '{pipeline}' on {data.what}: {exc}") from None
 
 
 def check_device(pipeline: str, cfg: PipelineConfig, source: str) -> str:
     """cfg.device on this machine: `device: cuda` where there is no CUDA, or `precision: bf16` on a
     CPU without bf16 matrix instructions, is a ConfigError (exit 2)."""
-    from layerwise.device import resolve_device
+    from layerwise.machine.device import resolve_device
 
     try:
         device = resolve_device(cfg.device)
     except ConfigError as exc:
         raise ConfigError(f"{source}: pipeline '{pipeline}': {exc}") from None
     if device.type == "cpu" and cfg.precision == "bf16":
-        from layerwise.cpu import bf16_problem
+        from layerwise.machine.cpu import bf16_problem
 
         problem = bf16_problem()
         if problem:
@@ -77,10 +75,18 @@ def check_device(pipeline: str, cfg: PipelineConfig, source: str) -> str:
 
 
 def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
-              data_root_arg: Optional[str] = None) -> CheckedRun:
+              data_root_arg: Optional[str] = None, require_sweep: bool = False) -> CheckedRun:
     """Raises ConfigError or DataError (exit 2) or TrackingError (exit 1) before anything runs.
-    Data is downloaded only where no folder was named (no --data-root, no MNIST_ROOT)."""
-    cfg = load_pipeline(pipeline, config_path, overrides)
+    The file is read and the pipeline validated here, once; what the run gets is bound to its data.
+    Data is downloaded only where no folder was named (no --data-root, no MNIST_ROOT).
+    require_sweep: `layerwise sweep`, for which a pipeline without a sweep: block is bad input."""
+    raw = load_raw(pipeline, config_path, overrides)
+    cfg = validate_pipeline(pipeline, raw, str(config_path))
+    if require_sweep and cfg.sweep is None:
+        raise ConfigError(f"{config_path}: pipeline '{pipeline}' has no sweep: block to run")
+    if require_sweep and cfg.sweep.search_set:  # the trials' pipeline (checked with the space already)
+        raw = searched_raw(raw, cfg.sweep, f"{config_path}: pipeline '{pipeline}'")
+        cfg = validate_pipeline(pipeline, raw, str(config_path))
     check_schedules({pipeline: cfg}, config_path)
     root = data_root(data_root_arg)
     allow_download = data_root_arg is None and "MNIST_ROOT" not in os.environ
@@ -89,4 +95,4 @@ def check_run(pipeline: str, config_path: Path | str, overrides: list[str],
     check_fits(cfg, pipeline=pipeline, source=str(config_path))
     from tasks.tracking import check_store  # MLflow's import is slow: after the quick checks
 
-    return CheckedRun(pipeline, cfg, str(root), fingerprint, check_store(), device)
+    return CheckedRun(pipeline, cfg, str(root), fingerprint, check_store(), device, raw)

@@ -1,4 +1,6 @@
-"""layerwise run NAME | sweep NAME | list | validate | serve | example-data. Exit codes: 0 done, 2 bad input (config or data), 1 failure."""
+"""layerwise run NAME | sweep NAME | report NAME | reproduce | list | validate | serve | example-data.
+Exit codes: 0 done, 2 bad input (config, data, a store or claims that cannot be read), 1 failure
+(reproduce: a claim outside its tolerance)."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +16,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # `report` downloads figures quietly
 
 # torch, MLflow and Prefect load inside the commands: `run` first launches the temporary Prefect API,
 # so its start overlaps those imports
 from flows.schedules import check_schedules  # noqa: E402
-from layerwise.config import ConfigError, load_all  # noqa: E402
-from layerwise.errors import DataError  # noqa: E402
+from layerwise.config import ConfigError, cells, load_all  # noqa: E402
+from layerwise.errors import DataError, ReportError  # noqa: E402
 from layerwise.paths import DEFAULT_CONFIG  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -52,6 +55,30 @@ def _parser() -> argparse.ArgumentParser:
     example.add_argument("--out", default=str(DEFAULT_CONFIG.parent / "data"),
                          help="folder for digits.npz and digits-folder/ (default: %(default)s, where the "
                               "digits pipelines of pipelines.yaml look)")
+    report = sub.add_parser("report", help="an experiment of an MLflow store as a Markdown page: a grid's means, "
+                                           "paired differences and cells, a sweep's trials, a run's metrics and stages")
+    report.add_argument("name", help="the experiment (a pipeline's name)")
+    report.add_argument("--tracking-uri", default=None, help="the store: sqlite:///PATH or http(s)://HOST:PORT "
+                                                             "(default: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db)")
+    report.add_argument("--run", default=None, help="the parent run (default: the experiment's latest finished one)")
+    report.add_argument("--sweep", action="store_true", help="the experiment's latest finished sweep")
+    report.add_argument("--out", default=None, help="folder for report.md and its figures (default: reports/NAME); "
+                                                    "- prints the page")
+    report.add_argument("--into", default=None, metavar="FILE",
+                        help="rewrite the section <!-- report:NAME --> ... <!-- /report --> of this Markdown file")
+    report.add_argument("--section", default=None, help="the section's label in --into (default: NAME)")
+    reproduce = sub.add_parser("reproduce", help="run every command behind the claims file and check each claim "
+                                                 "against the value measured now (exit 1 if one is off)")
+    reproduce.add_argument("--claims", default=str(DEFAULT_CONFIG.parent / "docs" / "claims.csv"),
+                           help="the claims file (default: %(default)s)")
+    reproduce.add_argument("--only", default=None, metavar="NAME,NAME", help="only the claims of these pipelines")
+    reproduce.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipelines file (default: %(default)s)")
+    reproduce.add_argument("--data-root", default=None, help="passed to every command")
+    reproduce.add_argument("--into", default=None, metavar="FILE",
+                           help="rewrite this Markdown file's sections of the measured commands (and, without "
+                                "--only, its report:reproduce section with the table, date and machine)")
+    reproduce.add_argument("--fresh", action="store_true", help="forget earlier calls: run every command again")
+    reproduce.add_argument("--tick", type=float, default=300, help="seconds between time-left lines (default 300)")
     return parser
 
 
@@ -82,7 +109,7 @@ def _what(cfg) -> str:
     if cfg.unroll:
         return "unrolled"
     if cfg.ablation:
-        return f"{len(cfg.cells())} cells"
+        return f"{len(cells(cfg))} cells"
     n = cfg.n_labels()
     return f"{cfg.finetune.init}, {n if n is not None else '?'} labels"
 
@@ -123,12 +150,8 @@ def _checked_launch(args):
         args.overrides.append(f"device={args.device}")
     try:
         args.name = args.name or _only_pipeline(args.config)
-        if args.command == "sweep":
-            from layerwise.config import load_pipeline
-
-            if load_pipeline(args.name, args.config, args.overrides).sweep is None:
-                raise ConfigError(f"{args.config}: pipeline '{args.name}' has no sweep: block to run")
-        checked = check_run(args.name, args.config, args.overrides, args.data_root)
+        checked = check_run(args.name, args.config, args.overrides, args.data_root,
+                            require_sweep=args.command == "sweep")
     except BaseException:
         if api is not None:  # bad input: no run starts, so its API goes now, not at exit
             api.stop()
@@ -154,7 +177,7 @@ def cmd_run(args) -> int:
 
     from flows.pipeline import layerwise_pipeline
     from flows.prefect_api import temporary_api
-    from layerwise.device import describe_device
+    from layerwise.machine.device import describe_device
     from tasks.finetune import prepare_model_logging
 
     if checked.cfg.finetune and not checked.cfg.ablation:  # the one fine-tune's model is logged
@@ -179,7 +202,7 @@ def cmd_sweep(args) -> int:
 
     from flows.prefect_api import temporary_api
     from flows.sweep import layerwise_sweep
-    from layerwise.device import describe_device
+    from layerwise.machine.device import describe_device
 
     cfg, uri = checked.cfg, checked.tracking_uri
     print(f"layerwise: sweeping '{args.name}' ({cfg.shape_text()}, {cfg.sweep.trials} trials, {cfg.sweep.sampler}, "
@@ -226,6 +249,18 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    from flows.reporting import cmd_report as report
+
+    return report(args)
+
+
+def cmd_reproduce(args) -> int:
+    from flows.reproduce import cmd_reproduce as reproduce
+
+    return reproduce(args)
+
+
 def summary(result, uri: str) -> str:
     """The run's headline, its retrieval precision, and where to open it in MLflow."""
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
@@ -248,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
     commands = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
-                "example-data": cmd_example_data}
+                "example-data": cmd_example_data, "report": cmd_report, "reproduce": cmd_reproduce}
     try:
         return commands[args.command](args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, ReportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn failures into exit 1

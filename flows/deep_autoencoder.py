@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from layerwise.anchors import RECONSTRUCTION_CODE_SIZE, RECONSTRUCTION_ERRORS, RECONSTRUCTION_SOURCE
+from layerwise.report.anchors import RECONSTRUCTION_CODE_SIZE, RECONSTRUCTION_ERRORS, RECONSTRUCTION_SOURCE
 from layerwise.config import PipelineConfig
 from tasks.analyses import compare_with_pca
 from tasks.context import RunContext

@@ -14,39 +14,20 @@ from prefect import flow, runtime
 from flows.ablation import label_ablation, runner_for
 from flows.checks import CheckedRun, check_run
 from flows.deep_autoencoder import deep_autoencoder
-from layerwise.cache import stage_key
-from layerwise.config import PipelineConfig
-from layerwise.device import codes_bytes, describe_device, place, use_tf32
+from layerwise.config import cell_name, cells, needs_stack, stacks
+from layerwise.machine.device import codes_bytes, describe_device, place, use_tf32
 from layerwise.paths import DEFAULT_CONFIG, work_root
-from layerwise.stack import Splits, pretrain_stack
+from layerwise.store.files import CODES, load_inputs, save_codes
 from tasks import tracking
 from tasks.analyses import retrieval
 from tasks.data import prepare_data
 from tasks.context import RunContext
 from tasks.finetune import finetune
 from tasks.logs import run_logger
-from tasks.pretrain import StackFiles, pretrain_layer
+from tasks.pretrain import StackFiles, pretrain_stack_tracked
+from tasks.report import publish_report
 from tasks.results import RunResult
 from tasks.runs import open_pipeline_run, record_datasets, record_results, run_note, system_metrics
-
-
-def pretrain(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str) -> tuple[StackFiles, Splits]:
-    """The core's greedy loop, each stage a task (stored stages reused, each tracked as a child run).
-    Returns the stack as the later flows take it and the top layer's codes."""
-    prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
-    stage_run = run.inside(cfg.variant) if cfg.variant else run
-
-    def stage(layer, codes, seed, index, callback):  # the task computes on run.torch_device
-        key = stage_key(cfg.pretrain_dict(), index, fingerprint)
-        return pretrain_layer.with_options(task_run_name=f"{prefix}-{index}")(stage_run, layer, codes, seed, index,
-                                                                             key)
-
-    stack = pretrain_stack(cfg.layers, inputs, cfg.seed, stage=stage, keep_codes=False)
-    return StackFiles(tuple(s.weights for s in stack.stages), tuple(s.key for s in stack.stages)), stack.codes
-
-
-def needs_stack(cfg: PipelineConfig) -> bool:
-    return cfg.unroll is not None or any(cell.finetune.init == "pretrained" for cell in cfg.cells())
 
 
 @flow(name="layerwise", flow_run_name="{pipeline}", log_prints=True, validate_parameters=False)
@@ -76,29 +57,28 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
                                                                                         cfg.system_metrics):
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             record_datasets(run.parent_run_id, data)
-            stacks, codes = {}, {}  # by variant name ('' without variants); codes: files retrieval searches
+            built, codes = {}, {}  # stacks by variant name ('' without variants); codes: files retrieval searches
             if needs_stack(cfg):
                 # on the device once, not per batch, when the pixels and the codes fit there
-                inputs = torch.load(data.inputs, weights_only=True)
+                inputs = load_inputs(data.inputs)
                 inputs = place(inputs, device, codes_bytes(sum(map(len, inputs.values())), cfg.sizes[1:]),
                                log=run_logger().info)
-                for stack_cfg in cfg.stacks():
+                for stack_cfg in stacks(cfg):
                     name = stack_cfg.variant or ""
-                    stacks[name], top = pretrain(stack_cfg, run, inputs, checked.fingerprint)
+                    built[name], top = pretrain_stack_tracked(stack_cfg, run, inputs, checked.fingerprint)
                     if cfg.retrieval:
-                        codes[name] = run.workdir / name / "codes.pt"
-                        codes[name].parent.mkdir(parents=True, exist_ok=True)
-                        torch.save({split: c.cpu() for split, c in top.items()}, codes[name])
+                        codes[name] = save_codes(run.workdir / name / CODES, top)
                 del inputs, top
             if cfg.unroll:
-                outcome = deep_autoencoder(run, cfg, data, stacks[""])
+                outcome = deep_autoencoder(run, cfg, data, built[""])
                 codes = {"unrolled": outcome.codes}
             elif cfg.ablation:
                 ablation = label_ablation.with_options(task_runner=runner_for(cfg.ablation))
-                outcome = ablation(run, cfg, data, stacks, checked.fingerprint)
+                outcome = ablation(run, cfg, data, built, checked.fingerprint)
             else:
-                outcome = finetune.with_options(task_run_name=f"finetune-{cfg.cell_name()}")(
-                    run, cfg, data, stacks.get("", StackFiles()).weights)
+                (cell,) = cells(cfg)  # its fine-tune settings in force
+                outcome = finetune.with_options(task_run_name=f"finetune-{cell_name(cell)}")(
+                    run, cell, data, built.get("", StackFiles()).weights)
             result = RunResult(pipeline, run.parent_run_id, run.experiment_id, outcome)
             if cfg.retrieval:
                 result.retrieval = {space: retrieval(run, cfg.retrieval, data, str(path), space or "stack")
@@ -106,6 +86,7 @@ def execute(pipeline: str, checked: CheckedRun, parent_of: Optional[str] = None,
             result.wall_seconds = time.perf_counter() - started
             record_results(run.parent_run_id, {**outcome.parent_metrics(), "wall_seconds": result.wall_seconds},
                            run_note(pipeline, cfg, outcome, result.wall_seconds))
+            publish_report(run.parent_run_id, pipeline)  # report.md on the run, a markdown artifact in Prefect
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)  # codes are per-run scratch; weights are in MLflow
     return result

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
-from layerwise.locks import file_lock
+from layerwise.store.locks import file_lock
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Prefect waits 20 s for its temporary API by default; on a machine busy with other runs (an ablation,

@@ -19,17 +19,18 @@ from prefect import flow, runtime
 from flows.ablation import stop_workers
 from flows.checks import CheckedRun
 from flows.pipeline import execute
-from layerwise import training
-from layerwise.config import ConfigError, baseline_values, load_raw, trial_raw, validate_pipeline
+from layerwise.train import loop as training
+from layerwise.config import ConfigError, baseline_values, trial_raw, validate_pipeline
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
-from layerwise.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
+from layerwise.report.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
                               plot_importance, recover, study_name, suggest, trials_table)
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
+from tasks.report import publish_report
 from tasks.runs import NOTE_TAG, system_metrics
 from tasks.uninterrupted import interrupts_held
 from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
@@ -102,8 +103,7 @@ def _final_done(mlf, experiment_id: str, sweep_run_id: str) -> Optional[str]:
 def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, checked: CheckedRun) -> SweepResult:
     """Runs pipeline NAME's sweep to sweep.trials finished trials (continuing its stored study),
     then the best configuration once with its test error measured."""
-    cfg, sweep = checked.cfg, checked.cfg.sweep
-    raw = load_raw(pipeline, config_path, overrides)
+    cfg, sweep, raw = checked.cfg, checked.cfg.sweep, checked.raw  # read and checked once, by check_run
     objective = sweep.objective_for(cfg.unroll is not None)
     study_id = study_name(pipeline, _study_payload(cfg, raw))
     storage = sweep.storage or default_storage()
@@ -125,7 +125,9 @@ def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, check
                      + (" (resumed)" if parent["resumed"] else ""))
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             _run_trials(study, run, raw, checked, config_path, data, objective)
-            return _conclude(study, run, raw, checked, objective, study_id)
+            result = _conclude(study, run, raw, checked, objective, study_id)
+            publish_report(run.parent_run_id, pipeline)  # the trials, the best and the final run
+            return result
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)
 
@@ -231,7 +233,7 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
     log.info(f"final run: trial {best.number}'s configuration" + (
         f" with {cfg.sweep.final_set}" if cfg.sweep.final_set else "") + ", its test error measured once")
     final = execute(run.pipeline, CheckedRun(run.pipeline, best_cfg, checked.data_root, checked.fingerprint,
-                                              checked.tracking_uri, checked.device),
+                                              checked.tracking_uri, checked.device, checked.raw),
                     parent_of=run.parent_run_id, tags=final_tags, title_suffix=f" · sweep's best (trial {best.number})")
     result.final = final
     test = final.outcome.parent_metrics()

@@ -9,3 +9,8 @@ class DataError(RuntimeError):
 class Pruned(Exception):
     """Raised from a training loop's callback to stop a sweep trial whose validation curve is not
     worth finishing (the sweep's pruner decided): its runs end KILLED, the trial PRUNED."""
+
+
+class ReportError(ValueError):
+    """A report's store, experiment or run, a claims file or a docs section that cannot be used;
+    the message names it."""

@@ -10,15 +10,16 @@ from prefect import task
 
 from layerwise.config import PipelineConfig, RetrievalConfig
 from layerwise.datasets import to_unit
-from layerwise.figures import code_scatter, digit_rows, image_grid, retrieval_hits
-from layerwise.pca import fit_pca
-from layerwise.retrieval import nearest, precision_at_k
-from layerwise.training import configure_cpu
+from layerwise.machine.cpu import configure_cpu
+from layerwise.nn.pca import fit_pca
+from layerwise.report.figures import code_scatter, digit_rows, image_grid, retrieval_hits
+from layerwise.report.retrieval import nearest, precision_at_k
+from layerwise.store.checkpoint import load_unrolled
+from layerwise.store.files import load_codes, load_inputs, load_labels
 from tasks import tracking
 from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.logs import run_logger
-from tasks.unroll import load_unrolled
 
 FIGURES = "figures"
 
@@ -44,8 +45,7 @@ def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, mode
     k = cfg.sizes[-1]
     pipeline = run.pipeline
     with run.child_run(f"pca-{k}", "pca") as child:
-        inputs = torch.load(data.inputs, weights_only=True)
-        labels = torch.load(data.labels, weights_only=True)
+        inputs, labels = load_inputs(data.inputs, ("train", "test")), load_labels(data.labels)
         pca = fit_pca(to_unit(inputs["train"]), k)
         test = to_unit(inputs["test"])
         pca_error = (pca.reconstruct(test) - test).pow(2).sum(dim=1).mean().item()
@@ -53,9 +53,9 @@ def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, mode
         child.metrics({"test_sq_error": pca_error})
         run_logger().info(f"[pca-{k}] test squared error per image {pca_error:.2f}")
     model = load_unrolled(model_path)
-    shape, classes = tuple(labels["shape"]), labels["classes"]
+    shape, classes = labels.shape, labels.classes
     with torch.inference_mode():
-        shown = _one_per_class(labels["test"], cfg.unroll.grid_digits)
+        shown = _one_per_class(labels.test, cfg.unroll.grid_digits)
         rows = [("original", test[shown]), (f"PCA-{k}", pca.reconstruct(test[shown])),
                 (f"autoencoder\n{'-'.join(map(str, cfg.sizes))}", model.reconstruct(test[shown]))]
         codes = model.encode(test) if k == 2 else None
@@ -71,7 +71,7 @@ def compare_with_pca(run: RunContext, cfg: PipelineConfig, data: DataFiles, mode
                             f"PCA-{k} {pca_error:.2f}, autoencoder {autoencoder_error:.2f})", shape)]
         if codes is not None:
             paths.append(code_scatter([(f"autoencoder code ({'-'.join(map(str, cfg.sizes))})", codes),
-                                       ("first two principal components", pca.encode(test))], labels["test"],
+                                       ("first two principal components", pca.encode(test))], labels.test,
                                       folder / "map-2d.png", f"{pipeline}: the {len(test):,} test images in 2-d",
                                       classes))
             paths.append(image_grid(decoded, cfg.unroll.decode_grid, folder / "decoded-grid.png",
@@ -99,14 +99,13 @@ def retrieval(run: RunContext, cfg: RetrievalConfig, data: DataFiles, codes_path
     configure_cpu()
     pipeline, parent_run_id = run.pipeline, run.parent_run_id
     with run.child_run(f"retrieval {space}", "retrieval") as child:
-        inputs = torch.load(data.inputs, weights_only=True)
-        codes = torch.load(codes_path, weights_only=True)
-        labels = torch.load(data.labels, weights_only=True)
+        inputs, labels = load_inputs(data.inputs, ("train", "test")), load_labels(data.labels)
+        codes = load_codes(codes_path)
         n = min(cfg.queries or len(inputs["test"]), len(inputs["test"]))
         # the searched images are the labelled training images: the first rows (unlabelled ones follow)
-        base_labels = labels["train"]
-        query_labels, labelled = labels["test"][:n], len(base_labels)
-        base_pixels, queries, shape = to_unit(inputs["train"][:labelled]), to_unit(inputs["test"][:n]), tuple(labels["shape"])
+        base_labels = labels.train
+        query_labels, labelled = labels.test[:n], len(base_labels)
+        base_pixels, queries, shape = to_unit(inputs["train"][:labelled]), to_unit(inputs["test"][:n]), labels.shape
         spaces = {f"code ({codes['train'].shape[1]}-d)": (codes["test"][:n], codes["train"][:labelled]),
                   f"pixels ({base_pixels.shape[1]}-d)": (queries, base_pixels)}
         hits, metrics = {}, {}

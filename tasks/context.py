@@ -95,7 +95,7 @@ class RunContext:
         to the run that did the work, or marked foreign when that run is not in this tracking store
         (reuse_link). It ends FINISHED, FAILED on an error or KILLED on an interrupt: never left
         RUNNING."""
-        from layerwise.device import describe_device
+        from layerwise.machine.device import describe_device
 
         mlf = tracking.client()
         tags = {tracking.PIPELINE_TAG: self.pipeline, tracking.STAGE_TAG: stage,

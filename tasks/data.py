@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from prefect import task
 
 from layerwise.config import DataConfig
-from layerwise.data import split_source
 from layerwise.datasets import load_source
+from layerwise.datasets.splits import split_source
 from layerwise.paths import work_root
+from layerwise.store.files import save_splits
 from tasks.datasets import split
 from tasks.logs import run_logger
 
@@ -36,18 +36,13 @@ def decode_cache() -> Path:
 
 @task(name="prepare-data", retries=1, retry_delay_seconds=2)
 def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
-    """Writes inputs.pt (train/val/test pixels, the layout every stage reads and writes: "train" is
-    what pretraining sees, the labelled training images first and then every unlabelled image) and
-    labels.pt (the labels of the first len(labels["train"]) training rows, of validation and test;
-    train_ids/val_ids name each image in the source; classes)."""
+    """Writes the run's split files (layerwise.store.files: inputs.pt, the train/val/test pixels, "train"
+    being what pretraining sees, the labelled training images first and then every unlabelled image;
+    labels.pt, the labels of the labelled rows, of validation and test, each image's identity in the
+    source, the classes)."""
     source = load_source(cfg, Path(data_root), decode_cache(), log=run_logger().info)
     splits = split_source(source, cfg.train_size, cfg.val_size, cfg.split_seed)
-    out = Path(workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    inputs, labels = out / "inputs.pt", out / "labels.pt"
-    torch.save({"train": splits.x_train, "val": splits.x_val, "test": splits.x_test}, inputs)
-    torch.save({"train": splits.y_train, "val": splits.y_val, "test": splits.y_test, "train_ids": splits.train_ids,
-                "val_ids": splits.val_ids, "classes": splits.classes, "shape": list(splits.shape)}, labels)
+    inputs, labels = save_splits(workdir, splits)
     unlabelled = len(splits.x_train) - splits.n_labelled
     names = ", ".join(splits.classes[:12]) + (f", ... ({len(splits.classes)} in all)" if len(splits.classes) > 12 else "")
     run_logger().info(f"{source.what}: {len(splits.classes)} classes: {names}; images {'x'.join(map(str, splits.shape))}")
@@ -70,7 +65,7 @@ def prepare_data(data_root: str, cfg: DataConfig, workdir: str) -> DataFiles:
 def source_uri(cfg: DataConfig, root: Path) -> str:
     """The folder or file a source's images came from."""
     if cfg.source == "mnist":
-        from layerwise.data import raw_dir
+        from layerwise.datasets.mnist import raw_dir
 
         return str(raw_dir(root).resolve())
     if cfg.source == "torchvision":

@@ -10,16 +10,17 @@ import mlflow
 import torch
 from prefect import task
 
-from layerwise.cache import Store, load_file
-from layerwise.checkpoint import load_encoder, load_stage
-from layerwise.config import PipelineConfig, flatten
-from layerwise.data import label_subset
+from layerwise.config import PipelineConfig, cell_name, flatten, method
 from layerwise.datasets import to_unit
+from layerwise.machine.cpu import configure_cpu
+from layerwise.nn.transfer import freeze
 from layerwise.paths import PROJECT_ROOT, work_root
-from layerwise.finetune import Labelled
-from layerwise.finetune import finetune as train
-from layerwise.training import accuracy, configure_cpu
-from layerwise.transfer import freeze
+from layerwise.store.cache import Store, content_key, load_file
+from layerwise.store.checkpoint import load_encoder, load_stage
+from layerwise.store.files import SPLITS, load_inputs, load_labels
+from layerwise.train.evaluate import accuracy
+from layerwise.train.finetune import Labelled
+from layerwise.train.finetune import finetune as train
 from tasks import tracking
 from tasks.context import ChildRun, RunContext, Trial
 from tasks.data import DataFiles
@@ -36,6 +37,15 @@ def cell_store() -> Store:
     return Store(work_root() / "cells", warn=run_logger().warning)
 
 
+def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str, kind: str = "cell") -> str:
+    """What determines a cell's result: its stack (or architecture, from scratch), data and training.
+    kind 'trial-cell': a sweep trial's (stored apart: its entry holds validation metrics only)."""
+    ft = cell.finetune
+    stack = stage_keys if ft.init == "pretrained" else [(layer.size, layer.activation) for layer in cell.layers]
+    return content_key({"kind": kind, "stack": stack, "data": cell.data.model_dump(), "fingerprint": fingerprint,
+                        "finetune": ft.model_dump(exclude={"scratch"})})
+
+
 def load_encoders(weights: list[str]) -> list[torch.nn.Module]:
     """The stack's frozen encoders from its stage files (a cell may run in another process)."""
     return [freeze(load_file(path, load_encoder)[0]) for path in weights]
@@ -49,7 +59,7 @@ def load_stages(weights: list[str]) -> list[torch.nn.Module]:
 def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
     ft = cfg.finetune
     tags = {"layerwise.init": ft.init, "layerwise.labels": str(cfg.n_labels()), "layerwise.seed": str(ft.seed),
-            "layerwise.method": cfg.method()}
+            "layerwise.method": method(cfg)}
     if ft.unlabelled is not None:
         tags["layerwise.unlabelled"] = ft.unlabelled.objective
     if ft.init == "pretrained" and cfg.variant:
@@ -67,11 +77,11 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
     registered as PIPELINE-classifier. In a sweep's trial (tasks.context.Trial) the test split is
     not read, nothing is registered, and the cell reports its kept epoch's validation accuracy only."""
     configure_cpu(threads)
-    ft = cfg.finetune.in_force()
-    n_labels, name = cfg.n_labels(), f"{STAGE} {cfg.cell_name()}"
+    ft = cfg.finetune  # a cell's: its settings in force (layerwise.config.cells)
+    n_labels, name = cfg.n_labels(), f"{STAGE} {cell_name(cfg)}"
     store = cell_store()
     cached = store.get(cache_key) if cache_key else None  # verified: an edited metric is not trusted
-    title = f"{STAGE} {cfg.method()} {n_labels} labels seed {ft.seed}"
+    title = f"{STAGE} {method(cfg)} {n_labels} labels seed {ft.seed}"
     # a cell holds no files: reused from another tracking store, only its link changes
     with run.child_run(title, STAGE, cell_tags(cfg), cached and cached.meta, CELL_LINK_TAG) as child:
         child.params({**flatten(ft.model_dump(exclude={"scratch"}), "finetune"), "sizes": cfg.sizes,
@@ -81,18 +91,16 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
             run_logger().info(f"[{name}] reused the cell finished by MLflow run {cached.meta['run_id']}")
             child.metrics(metrics)
             return CellResult(child.id, cached.meta["run_id"], n_labels, **metrics)
-        inputs = torch.load(data.inputs, weights_only=True)
-        labels = torch.load(data.labels, weights_only=True)
+        inputs, labels = load_inputs(data.inputs, ("train", "val") if trial else SPLITS), load_labels(data.labels)
         device = run.torch_device  # only what the cell trains on goes there
-        subset = label_subset(labels["train"], n_labels, ft.seed)
         # the images by their identity in the source: an index, or a path relative to the folder
-        chosen = [labels["train_ids"][i] for i in subset.tolist()]
+        subset, chosen = labels.subset(n_labels, ft.seed)
         _log_json(child, "label_subset.json", chosen)
         log_datasets(child.mlf, child.id, data.source_uri,
                      [split("labelled subset", data.dataset, data.fingerprint, chosen)]
                      + data.datasets("validation", *(() if trial else ("test",))))
-        labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels["train"][subset],
-                                                      inputs["val"], labels["val"])))
+        labelled = Labelled(*(t.to(device) for t in (inputs["train"][subset], labels.train[subset],
+                                                      inputs["val"], labels.val)))
         if ft.unlabelled is not None:  # every training image whose label this cell does not have
             others = torch.ones(len(inputs["train"]), dtype=torch.bool)
             others[subset] = False
@@ -104,7 +112,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
                       then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
         model, result = tuned.model, tuned.result
         kept_val = next((r.metrics.get("val_accuracy") for r in result.history if r.epoch == result.best_epoch), None)
-        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels["test"],
+        test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels.test,
                                                         ft.precision)
         cell = CellResult(child.id, child.id, n_labels, float(result.best_epoch), result.seconds, test_accuracy,
                           None if test_accuracy is None else 100.0 * (1.0 - test_accuracy), kept_val)
@@ -117,7 +125,7 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
             registered = f"{run.pipeline}-classifier"
             version = _log_model(child.id, model.cpu().eval(), registered, to_unit(inputs["test"][:4]))
             describe_version(child.mlf, registered, version, {
-                "pipeline": run.pipeline, "labels": n_labels, "init": cfg.method(), "seed": ft.seed,
+                "pipeline": run.pipeline, "labels": n_labels, "init": method(cfg), "seed": ft.seed,
                 VAL_TAG: cell.kept_val_accuracy, "test_error": cell.test_error, "run_id": child.id})
             promote_if_better(child.mlf, registered, version, cell.kept_val_accuracy)
         if cache_key:

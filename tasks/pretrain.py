@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from layerwise.cache import Store
-from layerwise.checkpoint import load_encoder, save_stage
-from layerwise.config import LayerConfig, flatten
+from layerwise.config import LayerConfig, PipelineConfig, flatten
+from layerwise.machine.cpu import configure_cpu
+from layerwise.nn.transfer import freeze
 from layerwise.paths import work_root
-from layerwise.stack import Splits, Stage, encode_splits, train_stage
-from layerwise.training import configure_cpu
-from layerwise.transfer import freeze
+from layerwise.store.cache import Store, stage_key
+from layerwise.store.checkpoint import load_encoder, save_stage
+from layerwise.train.autoencoder import train_stage
+from layerwise.train.evaluate import Splits, encode_splits
+from layerwise.train.stack import Stage, pretrain_stack
 from tasks import tracking
 from tasks.context import RunContext
 from tasks.logs import epoch_reporter, run_logger
@@ -60,7 +62,7 @@ class StoredStage(Stage):
 @task(name="pretrain", task_run_name="pretrain-{index}", cache_policy=NO_CACHE)
 def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: int, index: int,
                    cache_key: str) -> StoredStage:
-    """One stage of the core's greedy loop (layerwise.stack.pretrain_stack calls it with each
+    """One stage of the core's greedy loop (layerwise.train.stack.pretrain_stack calls it with each
     layer's inputs): reused from the stage store when an identical stage was trained before (by
     any run, maybe tracked in another store: see tasks.context.reuse_link), else trained by the core's
     train_stage; either way tracked as a child run and its splits encoded once."""
@@ -69,7 +71,7 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
     resolved = {"layer": layer.model_dump(), "index": index, "seed": seed, "pipeline": run.pipeline}
     store = stage_store()
     # stored on the CPU; computes on the run's device (its inputs are there, or in host memory
-    # where they did not fit: layerwise.device.place)
+    # where they did not fit: layerwise.machine.device.place)
     found = store.load(cache_key, lambda entry: freeze(load_encoder(entry.file(f"{stage}.pt"))[0])
                        .to(run.torch_device))
     cached, encoder = found or (None, None)
@@ -103,3 +105,20 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
         codes = encode_splits(encoder, inputs, layer.precision)
     return StoredStage(index, encoder, codes, model, result, weights=str(weights), key=cache_key, run_id=child.id,
                        trained_by=trained_by)
+
+
+def pretrain_stack_tracked(cfg: PipelineConfig, run: RunContext, inputs: Splits, fingerprint: str
+                           ) -> tuple[StackFiles, Splits]:
+    """The core's greedy loop (layerwise.train.stack.pretrain_stack) with pretrain_layer as its
+    stage: each stage a task, reused from the store or trained, tracked as a child run. Returns the
+    stack as later tasks take it and the top layer's codes."""
+    prefix = f"pretrain-{cfg.variant}" if cfg.variant else "pretrain"
+    stage_run = run.inside(cfg.variant) if cfg.variant else run
+
+    def stage(layer, codes, seed, index, callback):  # the task computes on run.torch_device
+        key = stage_key(cfg.pretrain_dict(), index, fingerprint)
+        return pretrain_layer.with_options(task_run_name=f"{prefix}-{index}")(stage_run, layer, codes, seed, index,
+                                                                             key)
+
+    stack = pretrain_stack(cfg.layers, inputs, cfg.seed, stage=stage, keep_codes=False)
+    return StackFiles(tuple(s.weights for s in stack.stages), tuple(s.key for s in stack.stages)), stack.codes

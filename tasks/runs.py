@@ -12,7 +12,7 @@ import yaml
 from mlflow.entities import Metric
 from prefect import task
 
-from layerwise.config import PipelineConfig, flatten
+from layerwise.config import PipelineConfig, cells, flatten
 from layerwise.paths import work_root
 from tasks import tracking
 from tasks.logs import run_logger
@@ -33,7 +33,7 @@ def run_title(pipeline: str, cfg: PipelineConfig) -> str:
             [i for i in grid.inits if not (grid.variants and i == "pretrained")]
         kind = "variant grid" if grid.variants else "grid"
         return (f"{pipeline} · {kind} {'/'.join(labels)} labels × {len(grid.seeds)} seed(s) × {'/'.join(methods)} "
-                f"({len(cfg.cells())} fine-tunes)")
+                f"({len(cells(cfg))} fine-tunes)")
     ft = cfg.finetune
     labels = "all labels" if cfg.n_labels() == cfg.data.n_train else f"{cfg.n_labels()} labels"
     start = ft.init + (f"+{ft.unlabelled.objective}" if ft.unlabelled else "")

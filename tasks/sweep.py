@@ -13,10 +13,11 @@ import yaml
 from mlflow.entities import RunStatus
 from prefect import task
 
-from layerwise.config import PipelineConfig, flatten
-from layerwise.device import place
+from layerwise.config import PipelineConfig, cells, flatten, needs_stack
 from layerwise.errors import Pruned
+from layerwise.machine.device import place
 from layerwise.paths import work_root
+from layerwise.store.files import load_inputs
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
@@ -78,9 +79,7 @@ def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str,
 
 def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tensor]:
     """What a trial trains and is judged on: the training and validation splits (never the test split)."""
-    inputs = torch.load(data.inputs, weights_only=True)
-    del inputs["test"]
-    return place(inputs, device, log=run_logger().info)
+    return place(load_inputs(data.inputs, ("train", "val")), device, log=run_logger().info)
 
 
 @task(name="sweep-trial")
@@ -90,10 +89,8 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
     sweep's parent (its stage runs and its fine-tune or unroll run nested under the trial's), judged
     on validation; returns the objective. Lower stages an earlier trial (or run) trained are reused
     from the stage store. Raises Pruned when the pruner stops it (trial.on_epoch decides)."""
-    from flows.ablation import cell_key
-    from flows.pipeline import needs_stack, pretrain
-    from tasks.finetune import finetune
-    from tasks.pretrain import StackFiles
+    from tasks.finetune import cell_key, finetune
+    from tasks.pretrain import StackFiles, pretrain_stack_tracked
     from tasks.unroll import unroll_finetune
 
     mlf = tracking.client()
@@ -111,14 +108,15 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
                              sweep_run.workdir / f"trial-{number}", sweep_run.device)
             stack = StackFiles()
             if needs_stack(cfg):
-                stack, _ = pretrain(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
+                stack, _ = pretrain_stack_tracked(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
             if cfg.unroll:
                 value = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
                     run, cfg, data, stack, trial).val_sq_error
             else:
-                key = cell_key(cfg, list(stack.keys), fingerprint, kind="trial-cell")
+                (cell,) = cells(cfg)  # its fine-tune settings in force
+                key = cell_key(cell, list(stack.keys), fingerprint, kind="trial-cell")
                 value = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
-                    run, cfg, data, list(stack.weights), None, key, False, trial).kept_val_accuracy
+                    run, cell, data, list(stack.weights), None, key, False, trial).kept_val_accuracy
             if value is None:
                 raise RuntimeError(f"trial {number}: no {objective} was measured")
             tracking.log_metrics(mlf, run_id, {objective: value})

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from layerwise.errors import Pruned
-from layerwise.locks import file_lock
+from layerwise.store.locks import file_lock
 from layerwise.paths import default_tracking_uri
 from tasks.uninterrupted import UninterruptedClient, interrupts_held
 

@@ -6,18 +6,17 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from prefect import task
 
-from layerwise.cache import Store, content_key, load_file
-from layerwise.checkpoint import load_stage
-from layerwise.config import LayerConfig, PipelineConfig, flatten
-from layerwise.device import place
-from layerwise.encode import encode
-from layerwise.models import DeepAutoencoder, build_autoencoder
+from layerwise.config import PipelineConfig, flatten
+from layerwise.machine.cpu import configure_cpu
+from layerwise.machine.device import place
 from layerwise.paths import work_root
-from layerwise.training import configure_cpu
-from layerwise.unroll import unroll
+from layerwise.store.cache import Store, content_key, load_file
+from layerwise.store.checkpoint import load_stage, load_unrolled, save_unrolled
+from layerwise.store.files import CODES, SPLITS, load_inputs, save_codes
+from layerwise.train.evaluate import encode
+from layerwise.train.unroll import unroll
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import DataFiles
@@ -65,10 +64,9 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
     title = f"{STAGE} {'-'.join(map(str, cfg.sizes + cfg.sizes[-2::-1]))}"
     with run.child_run(title, STAGE, {"layerwise.unroll_key": key}, cached and cached.meta, LINK_TAG) as child:
         child.params({**flatten(cfg.unroll.model_dump(), "unroll"), "sizes": cfg.sizes})
-        inputs = torch.load(data.inputs, weights_only=True)
-        if trial:
-            del inputs["test"]
-        inputs = place(inputs, run.torch_device, log=run_logger().info)
+        # a trial never reads the test split
+        inputs = place(load_inputs(data.inputs, ("train", "val") if trial else SPLITS), run.torch_device,
+                       log=run_logger().info)
         if cached:
             metrics, trained_by = cached.meta["metrics"], cached.meta["run_id"]
             run_logger().info(f"[{STAGE}] reused: identical fine-tune by MLflow run {trained_by} (key {key})")
@@ -86,10 +84,7 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
                        "val_sq_error": unrolled.result.history[-1].metrics.get("val_sq_error"),
                        "train_seconds": unrolled.result.seconds}
             metrics = {name: value for name, value in metrics.items() if value is not None}
-            local = run.workdir / STAGE / MODEL_FILE
-            local.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},  # loads anywhere
-                        "config": cfg.model_dump()}, local)
+            local = save_unrolled(run.workdir / STAGE / MODEL_FILE, model, cfg.model_dump())
             child.artifact(local)
             model_path = store.put(key, {MODEL_FILE: local}, {
                 "run_id": child.id, "pipeline": run.pipeline, "tracking_uri": tracking.tracking_uri(),
@@ -102,18 +97,8 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
             return UnrolledStage(child.id, trained_by, str(model_path), None, None, None, metrics.get("val_sq_error"))
         run_logger().info(f"[{STAGE}] test squared error per image {metrics['test_sq_error']:.2f} "
                           f"(the greedy stack before fine-tuning: {metrics['test_sq_error_stacked']:.2f})")
-        codes = run.workdir / STAGE / "codes.pt"
-        codes.parent.mkdir(parents=True, exist_ok=True)
         model = model.to(run.torch_device)
-        torch.save({split: encode(model.encoders, x).cpu() for split, x in inputs.items()}, codes)
+        codes = save_codes(run.workdir / STAGE / CODES, {split: encode(model.encoders, x) for split, x in inputs.items()})
     return UnrolledStage(child.id, trained_by, str(model_path), str(codes), metrics["test_sq_error"],
                          metrics["test_sq_error_stacked"], metrics.get("val_sq_error"))
 
-
-def load_unrolled(path: str) -> DeepAutoencoder:
-    """The fine-tuned deep autoencoder a file of unroll_finetune holds."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)  # the config as plain dicts
-    model = DeepAutoencoder([build_autoencoder(LayerConfig.model_validate(layer))
-                             for layer in saved["config"]["layers"]])
-    model.load_state_dict(saved["state_dict"])
-    return model.eval()

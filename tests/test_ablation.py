@@ -30,7 +30,7 @@ def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, track
 
     parent = result.parent_run_id
     assert sorted(a.path for a in client.list_artifacts(parent)) == ["ablation.png", "paired.csv", "pipeline.yaml",
-                                                                    "results.csv", "summary.md"]
+                                                                    "report.md", "results.csv", "summary.md"]
     frame = pd.read_csv(client.download_artifacts(parent, "results.csv", str(tmp_path)))
     assert len(frame) == 8 and set(frame["init"]) == {"pretrained", "scratch"}
     by_run = {run.info.run_id: run.data.metrics["test_error"] for run in cells.values()}

@@ -10,8 +10,8 @@ import torch
 
 from conftest import REPO, mnist_root
 from layerwise.config import load_pipeline
-from layerwise.data import load_mnist
-from layerwise.stack import pretrain_stack
+from layerwise.datasets.mnist import load_mnist
+from layerwise.train.stack import pretrain_stack
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_the_readme_example_runs_as_written(tmp_path):
 
 
 def test_the_core_imports_neither_prefect_nor_mlflow():
-    code = ("import sys, layerwise.stack, layerwise.finetune, layerwise.config, layerwise.memory, layerwise.cache; "
+    code = ("import sys, layerwise.train.stack, layerwise.train.finetune, layerwise.config, layerwise.machine.memory, layerwise.store.cache; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'mlflow'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

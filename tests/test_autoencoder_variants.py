@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from layerwise.config import LayerConfig
-from layerwise.losses import contractive_penalty, l2_penalty, reconstruction_loss
-from layerwise.models import Autoencoder, seeded_autoencoder
-from layerwise.training import objective, train_autoencoder
+from layerwise.nn.losses import contractive_penalty, l2_penalty, reconstruction_loss
+from layerwise.nn.models import Autoencoder, seeded_autoencoder
+from layerwise.train.autoencoder import objective, train_autoencoder
 
 
 def test_l2_value_and_gradient():
@@ -70,7 +70,7 @@ def test_objective_adds_only_the_penalties_in_force():
 
 
 def test_denoising_corrupts_the_input_only_and_compares_with_the_clean_one(monkeypatch):
-    import layerwise.training as training
+    import layerwise.train.autoencoder as training
 
     seen = {}
     real = training.reconstruction_loss

@@ -45,7 +45,7 @@ def test_the_bare_script_still_does_quickstarts_work():
 def test_the_cpu_section_measures_each_precision_against_its_own_peak():
     from benchmarks import cpu
     from benchmarks.report import cpu_targets
-    from layerwise.cpu import isa_summary
+    from layerwise.machine.cpu import isa_summary
 
     x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
     result = cpu.stages(x, x[:64], 1, [(784, 32)], 64, 0.03, log=lambda _: None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.cache import TRAINING_SOURCES, Store, code_version, load_file, stage_key
+from layerwise.store.cache import TRAINING_SOURCES, Store, code_version, load_file, stage_key
 
 PRETRAIN = {"seed": 0, "data": {"train_size": None, "val_size": 10000, "split_seed": 0},
             "layers": [{"size": 1000, "l1": 0.03, "epochs": 3}, {"size": 500, "l1": 0.03, "epochs": 3}]}
@@ -174,13 +174,13 @@ def test_load_file_names_the_file_and_drops_torchs_advice(tmp_path):
 
 
 # ---- the code version: the training code's bytes, nothing else --------------------------------------
-# A real check on a copy of the sources: layerwise.cache.PACKAGE is pointed at a copy of the package
+# A real check on a copy of the sources: layerwise.store.cache.PACKAGE is pointed at a copy of the package
 # (beside copies of flows/ and tasks/), the copy's files are edited, and the real hash is taken.
 
 @pytest.fixture
 def sources(tmp_path, monkeypatch):
     """A copy of layerwise/, flows/ and tasks/ under tmp_path; the code version reads the copy."""
-    from layerwise import cache
+    from layerwise.store import cache
 
     repo = cache.PACKAGE.parent
     copy = tmp_path / "repo"
@@ -201,10 +201,10 @@ def _keys():
 
 def test_the_code_version_is_read_from_the_package_it_points_at(sources):
     version, *keys = _keys()
-    original = (sources / "layerwise" / "training.py").read_bytes()
-    _append_comment(sources / "layerwise" / "training.py")
+    original = (sources / "layerwise" / "train" / "loop.py").read_bytes()
+    _append_comment(sources / "layerwise" / "train" / "loop.py")
     assert code_version() != version
-    (sources / "layerwise" / "training.py").write_bytes(original)
+    (sources / "layerwise" / "train" / "loop.py").write_bytes(original)
     assert _keys() == (version, *keys)  # the bytes, not the path or the time of the edit
 
 
@@ -218,7 +218,7 @@ def test_editing_the_training_code_changes_the_code_version_and_every_stage_key(
 
 
 @pytest.mark.parametrize("path", ["flows/pipeline.py", "flows/ablation.py", "tasks/finetune.py", "tasks/pretrain.py",
-                                  "tasks/tracking.py", "layerwise/cache.py", "layerwise/report.py",
+                                  "tasks/tracking.py", "layerwise/store/cache.py", "layerwise/report/tables.py",
                                   "layerwise/new_module.py"])  # the last one is created by the edit
 def test_editing_a_flow_a_task_or_other_code_keeps_the_code_version_and_the_stage_keys(sources, path):
     assert path not in {f"layerwise/{name}" for name in TRAINING_SOURCES}
@@ -230,10 +230,23 @@ def test_editing_a_flow_a_task_or_other_code_keeps_the_code_version_and_the_stag
 
 def test_a_running_process_keys_by_the_code_it_loaded_not_by_later_edits(sources, monkeypatch):
     """A sweep runs for hours while its sources are edited: its keys stay those of the code it runs."""
-    from layerwise import cache
+    from layerwise.store import cache
 
     monkeypatch.setattr(cache, "_RUNNING", (cache.PACKAGE, cache._hash_sources(cache.PACKAGE)))  # as at start
     before = _keys()
-    _append_comment(sources / "layerwise" / "training.py")
+    _append_comment(sources / "layerwise" / "train" / "loop.py")
     assert _keys() == before
     assert cache._hash_sources(cache.PACKAGE) != before[0]  # what a process started now would use
+
+
+def test_a_recorded_refactor_continues_the_version_before_it_until_the_next_edit(sources, monkeypatch):
+    """SAME_AS: a change proved to train the same numbers keeps the stages stored before it."""
+    from layerwise.store import cache
+
+    monkeypatch.setattr(cache, "SAME_AS", {})
+    own = _keys()
+    monkeypatch.setattr(cache, "SAME_AS", {cache._hash_sources(cache.PACKAGE): "0123456789ab"})
+    continued = _keys()
+    assert continued[0] == "0123456789ab" and all(new != old for new, old in zip(continued, own))
+    _append_comment(sources / "layerwise" / "train" / "loop.py")
+    assert _keys()[0] == cache._hash_sources(cache.PACKAGE) not in ("0123456789ab", own[0])

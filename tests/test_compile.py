@@ -1,4 +1,4 @@
-"""The compiled training step (layerwise.cpu.compiled): the same losses and noise as uncompiled,
+"""The compiled training step (layerwise.machine.cpu.compiled): the same losses and noise as uncompiled,
 and a clean fallback, with one warning, where this machine cannot compile."""
 import warnings
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from layerwise.config import LayerConfig
-from layerwise.cpu import COMPILE_MIN_STEPS, compiled, should_compile
-from layerwise.models import seeded_autoencoder
-from layerwise.training import train_autoencoder
+from layerwise.machine.cpu import COMPILE_MIN_STEPS, compiled, should_compile
+from layerwise.nn.models import seeded_autoencoder
+from layerwise.train.autoencoder import train_autoencoder
 
 
 def test_auto_compiles_only_long_trainings():

@@ -14,7 +14,7 @@ import yaml
 from flows.cli import main
 from layerwise.config import (MAX_CONFIG_BYTES, MAX_OVERRIDE_BYTES, SEED_MAX, ConfigError, load_all, load_pipeline,
                               read_pipelines_file)
-from layerwise.memory import check_fits, peak
+from layerwise.machine.memory import check_fits, peak
 from layerwise.paths import PROJECT_ROOT
 
 BASE = {

@@ -2,11 +2,11 @@
 import torch
 import torch.nn.functional as F
 
-from layerwise.checkpoint import load_stage, save_stage
+from layerwise.store.checkpoint import load_stage, save_stage
 from layerwise.config import LayerConfig, PipelineConfig, resolve_layers
-from layerwise.models import ConvAutoencoder, build_encoder, seeded_stage
-from layerwise.training import train_autoencoder
-from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
+from layerwise.nn.models import ConvAutoencoder, build_encoder, seeded_stage
+from layerwise.train.autoencoder import train_autoencoder
+from layerwise.nn.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
 def _conv_layer(channels=3, kernel=3, pool=2, shape=(1, 6, 6), tied=False, **training):

@@ -2,7 +2,7 @@
 key named, before anything runs) on a CPU without bf16 matrix instructions."""
 import pytest
 
-from layerwise import cpu
+from layerwise.machine import cpu
 from layerwise.config import ConfigError, load_pipeline
 
 
@@ -43,9 +43,9 @@ def test_bf16_stage_encodes_and_evaluates_in_bf16_and_hands_on_fp32_codes():
     import torch
 
     from layerwise.config import LayerConfig
-    from layerwise.encode import encode
-    from layerwise.stack import pretrain_stage
-    from layerwise.training import evaluate_autoencoder
+    from layerwise.train.evaluate import encode
+    from layerwise.train.stack import pretrain_stage
+    from layerwise.train.autoencoder import evaluate_autoencoder
 
     x = torch.rand(300, 40, generator=torch.Generator().manual_seed(0))
     layer = LayerConfig(input=40, size=24, loss="bce", epochs=1, batch_size=64, optimizer="adam", lr=1e-2,

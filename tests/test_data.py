@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from conftest import mnist_root
-from layerwise.data import DataError, MNIST_MD5, balanced_order, label_subset, load_mnist, verify_mnist
+from layerwise.datasets.mnist import MNIST_MD5, load_mnist, verify_mnist
+from layerwise.datasets.splits import balanced_order, label_subset
+from layerwise.errors import DataError
 
 
 def _labels(n_per_class=(30, 25, 40), seed=0):

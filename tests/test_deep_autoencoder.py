@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from layerwise.config import UnrollConfig
-from layerwise.models import DeepAutoencoder, seeded_autoencoder
-from layerwise.pca import fit_pca
-from layerwise.retrieval import nearest, precision_at_k
-from layerwise.training import squared_error, train_unrolled
+from layerwise.nn.models import DeepAutoencoder, seeded_autoencoder
+from layerwise.nn.pca import fit_pca
+from layerwise.report.retrieval import nearest, precision_at_k
+from layerwise.train.evaluate import squared_error
+from layerwise.train.unroll import train_unrolled
 
 
 def _stages():
@@ -55,8 +56,8 @@ def test_unrolled_fine_tuning_runs_without_validation_images():
 
 
 def test_unroll_trains_copies_of_the_stages_as_train_unrolled_does():
-    from layerwise.transfer import freeze
-    from layerwise.unroll import unroll
+    from layerwise.nn.transfer import freeze
+    from layerwise.train.unroll import unroll
 
     torch.manual_seed(0)
     x = (torch.rand(64, 2) @ torch.rand(2, 12)).clamp(0, 1)
@@ -78,7 +79,7 @@ def test_unroll_trains_copies_of_the_stages_as_train_unrolled_does():
     assert unrolled.test_sq_error < unrolled.test_sq_error_stacked
     assert unroll(_stages(), {"train": x, "val": x[:16]}, config).test_sq_error is None
     with pytest.raises(ValueError, match="dense stages"):
-        from layerwise.models import ConvAutoencoder
+        from layerwise.nn.models import ConvAutoencoder
 
         unroll([ConvAutoencoder((1, 4, 4), 2, 3, 2, "sigmoid", "bce")], {"train": x, "val": x}, config)
 

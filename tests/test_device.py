@@ -6,7 +6,7 @@ import torch
 from pydantic import ValidationError
 
 from layerwise.config import ConfigError, FinetuneConfig, LayerConfig, PipelineConfig, resolve_layers
-from layerwise.device import describe_device, resolve_device, spread
+from layerwise.machine.device import describe_device, resolve_device, spread
 
 NO_CUDA = not torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(NO_CUDA, reason="no CUDA device on this machine")
@@ -46,7 +46,7 @@ def test_run_on_a_missing_device_exits_2_before_any_run(tmp_path, capsys, monkey
 
 
 def _tiny_stack(device: torch.device):
-    from layerwise.stack import pretrain_stack
+    from layerwise.train.stack import pretrain_stack
 
     layers = [LayerConfig(input=64, size=16, epochs=2, lr=0.01, optimizer="adam", l1=0.01)]
     resolve_layers(layers, (1, 8, 8))
@@ -56,7 +56,7 @@ def _tiny_stack(device: torch.device):
 
 
 def test_stage_weights_are_saved_on_the_cpu(tmp_path):
-    from layerwise.checkpoint import load_stage, save_stage
+    from layerwise.store.checkpoint import load_stage, save_stage
 
     device = resolve_device("auto")
     layers, inputs, stack = _tiny_stack(device)
@@ -73,8 +73,8 @@ def test_a_registered_model_loads_and_predicts_on_the_cpu(tracking):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from layerwise.data import Labelled
-    from layerwise.finetune import finetune
+    from layerwise.datasets.splits import Labelled
+    from layerwise.train.finetune import finetune
     from tasks.finetune import _log_model
 
     device = resolve_device("auto")
@@ -100,7 +100,7 @@ def test_the_core_on_cuda_matches_the_cpu_closely():
 
 
 def test_the_splits_go_to_the_device_only_when_they_and_their_codes_fit():
-    from layerwise.device import DATA_SHARE, codes_bytes, fits, place
+    from layerwise.machine.device import DATA_SHARE, codes_bytes, fits, place
 
     # the 784-1000-1000-500 stack on 70,000 images: stage 2 reads 1000-wide codes and writes 1000-wide ones
     assert codes_bytes(70_000, [1000, 1000, 500]) == 4 * 70_000 * 2000
@@ -114,8 +114,8 @@ def test_the_splits_go_to_the_device_only_when_they_and_their_codes_fit():
 @needs_cuda
 def test_data_left_in_host_memory_trains_as_on_the_card(monkeypatch):
     """Splits too large for the card stay in host memory and each batch is copied: the same stage."""
-    import layerwise.device as dev
-    from layerwise.stack import pretrain_stack
+    import layerwise.machine.device as dev
+    from layerwise.train.stack import pretrain_stack
 
     layers, on_card, stack = _tiny_stack(torch.device("cuda"))
     monkeypatch.setattr(dev, "free_memory", lambda device: 0)  # nothing fits

@@ -89,7 +89,7 @@ def test_scratch_control_lands_in_the_same_experiment(prefect_harness, tracking)
 
 
 def test_a_diverging_stage_fails_its_runs(prefect_harness, tracking):
-    from layerwise.training import DivergedError
+    from layerwise.train.loop import DivergedError
 
     with pytest.raises(DivergedError, match=r"stage finetune pretrained-200-seed0: loss became nan in epoch 1; look at finetune\.lr"):
         layerwise_pipeline("smoke", [f"layers.{i}.activation=relu" for i in range(3)] + ["finetune.lr=1e3"],
@@ -118,7 +118,7 @@ def test_a_second_run_reuses_every_stage_and_links_the_runs_that_trained_them(pr
 
 def test_a_diverging_pretraining_stage_stops_naming_its_settings_and_keeps_earlier_stages(prefect_harness, tracking,
                                                                                              tmp_path):
-    from layerwise.training import DivergedError
+    from layerwise.train.loop import DivergedError
 
     bad = ["layers.1.activation=relu", "layers.1.loss=mse", "layers.1.optimizer=sgd", "layers.1.lr=1e6"]
     with pytest.raises(DivergedError, match=r"stage pretrain-2: loss became (nan|inf) in epoch 1; look at "

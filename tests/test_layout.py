@@ -1,6 +1,13 @@
-"""The project's shape, checked statically: the torch core imports neither Prefect nor MLflow, and
-no function takes more than 8 parameters (settings travel as typed config objects)."""
+"""The project's shape, checked statically: the import graph keeps its rules (import-linter's
+contracts in pyproject.toml: the floors and the core's rooms import only downward, no cycles), the
+torch core imports neither Prefect nor MLflow, and no function takes more than 8 parameters
+(settings travel as typed config objects)."""
 import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -34,3 +41,36 @@ def test_no_function_takes_more_than_eight_parameters():
                 if count > MAX_PARAMETERS:
                     wide.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({count})")
     assert not wide
+
+
+LINT = ("import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(config_filenames=('pyproject.toml',), no_cache=True, no_logo=True))")
+
+
+def lint_imports(root) -> subprocess.CompletedProcess:
+    """lint-imports over the checkout at root (its own packages first on the path)."""
+    return subprocess.run([sys.executable, "-c", LINT], cwd=root, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_import_graph_keeps_its_contracts():
+    done = lint_imports(REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 kept, 0 broken" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, line, broken", [
+    ("layerwise/nn/losses.py", "import tasks.logs", "floors: benchmarks > flows > tasks > layerwise BROKEN"),
+    ("layerwise/datasets/source.py", "from layerwise.train import loop", "the core's rooms"),
+    ("layerwise/config/schema.py", "from layerwise.config import grid", "no import cycles"),
+])
+def test_a_new_upward_arrow_or_cycle_breaks_a_contract(tmp_path, module, line, broken):
+    """The contracts can fail: the same check on a copy of the checkout with one bad import added."""
+    for part in ("layerwise", "tasks", "flows", "benchmarks"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    with open(tmp_path / module, "a") as handle:
+        handle.write(f"\n{line}  # noqa: the bad import under test\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode == 1 and broken in done.stdout, done.stdout[-3000:]

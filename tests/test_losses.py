@@ -1,6 +1,6 @@
 import torch
 
-from layerwise.losses import l1_penalty, reconstruction_loss
+from layerwise.nn.losses import l1_penalty, reconstruction_loss
 
 
 def test_l1_value_is_weighted_mean_of_row_sums():
@@ -31,7 +31,7 @@ def test_mse_sums_over_features_and_averages_over_batch():
 
 
 def test_masking_zeroes_about_the_given_fraction_and_keeps_the_rest():
-    from layerwise.losses import corrupt
+    from layerwise.nn.losses import corrupt
 
     torch.manual_seed(0)
     x = torch.rand(200, 50) + 0.1  # no zeros before masking
@@ -42,7 +42,7 @@ def test_masking_zeroes_about_the_given_fraction_and_keeps_the_rest():
 
 
 def test_gaussian_noise_has_the_given_std():
-    from layerwise.losses import corrupt
+    from layerwise.nn.losses import corrupt
 
     torch.manual_seed(0)
     x = torch.zeros(400, 100)
@@ -50,7 +50,7 @@ def test_gaussian_noise_has_the_given_std():
 
 
 def test_rescaled_masking_keeps_the_expected_input():
-    from layerwise.losses import corrupt
+    from layerwise.nn.losses import corrupt
 
     torch.manual_seed(0)
     x = torch.full((500, 200), 0.4)
@@ -64,7 +64,7 @@ def test_fast_bce_matches_pytorch_value_and_gradient_bit_for_bit():
     training is unchanged, and its value to float rounding, extreme logits included."""
     import torch.nn.functional as F
 
-    from layerwise.losses import bce_with_logits_sum
+    from layerwise.nn.losses import bce_with_logits_sum
 
     torch.manual_seed(0)
     z = torch.cat([torch.randn(64, 30) * 5, torch.tensor([[-100.0, -30.0, -1e-4, 0.0, 1e-4, 30.0, 100.0] * 2 +

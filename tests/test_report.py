@@ -3,8 +3,8 @@ use unlabelled images only where the grid has an unlabelled objective."""
 import pandas as pd
 import pytest
 
-from layerwise.anchors import UNLABELLED_ERRORS
-from layerwise.report import plot_ablation, reference_points, results_frame, summary_frame, summary_markdown
+from layerwise.report.anchors import UNLABELLED_ERRORS
+from layerwise.report.tables import plot_ablation, reference_points, results_frame, summary_frame, summary_markdown
 
 
 def _results(inits):
@@ -30,7 +30,7 @@ def test_each_row_is_paired_by_seed_with_its_control_and_a_t_interval():
     """Differences by hand: pretrained - scratch per seed is 1, 2, 3 (mean 2, sd 1); the 95 %
     interval is 2 -+ t(0.975, 2) / sqrt(3) with t(0.975, 2) = 4.302653 (a t table). An objective's
     row is compared with its plain start, and pretrained+objective with scratch+objective too."""
-    from layerwise.report import paired_frame, paired_markdown, results_frame
+    from layerwise.report.tables import paired_frame, paired_markdown, results_frame
 
     rows = []
     for seed, (pre, scr, pre_u, scr_u) in enumerate([(10, 9, 4, 6), (10, 8, 3, 6), (10, 7, 3, 5)]):

@@ -10,12 +10,13 @@ from torch import nn
 
 from layerwise.config import FinetuneConfig, LayerConfig, resolve_layers
 from layerwise.config.schema import UnlabelledConfig
-from layerwise.data import Labelled
-from layerwise.finetune import build_classifier, finetune
-from layerwise.models import Classifier, batch_norms
-from layerwise.training import linear_decay_, train_classifier
-from layerwise.transfer import keep_pretrained_function_
-from layerwise.unlabelled import (UnlabelledObjective, adversarial_direction, ramp, statistics_kept,
+from layerwise.datasets.splits import Labelled
+from layerwise.train.finetune import build_classifier, finetune
+from layerwise.nn.models import Classifier, batch_norms
+from layerwise.train.classifier import train_classifier
+from layerwise.train.optim import linear_decay_
+from layerwise.nn.transfer import keep_pretrained_function_
+from layerwise.nn.unlabelled import (UnlabelledObjective, adversarial_direction, ramp, statistics_kept,
                                   virtual_adversarial_loss)
 
 
@@ -162,7 +163,7 @@ def test_batch_norm_and_dropout_do_not_mix_under_the_virtual_adversarial_objecti
 
 
 def test_a_conv_block_normalises_its_maps_and_keeps_its_pretrained_function():
-    from layerwise.models import ConvEncoder
+    from layerwise.nn.models import ConvEncoder
     torch.manual_seed(0)
     encoder = ConvEncoder((1, 6, 6), 3, 3, 2, "sigmoid")
     x = torch.rand(128, 36)

@@ -11,7 +11,7 @@ from torchvision.io import encode_jpeg, encode_png, write_file
 from conftest import mnist_root
 from flows.cli import main
 from layerwise.config import DataConfig
-from layerwise.data import split_source
+from layerwise.datasets.splits import split_source
 from layerwise.datasets import load_source
 from layerwise.errors import DataError
 
@@ -198,10 +198,10 @@ def test_a_bad_data_block_is_a_config_error():
 def test_pixels_kept_as_uint8_train_exactly_as_floats(tmp_path, monkeypatch):
     """Large data stays uint8 in memory and is scaled per batch: the same numbers as the float copy."""
     from layerwise.config import FinetuneConfig, LayerConfig, resolve_layers
-    from layerwise.data import Labelled
-    from layerwise.finetune import finetune
-    from layerwise.stack import pretrain_stack
-    from layerwise.training import accuracy
+    from layerwise.datasets.splits import Labelled
+    from layerwise.train.finetune import finetune
+    from layerwise.train.stack import pretrain_stack
+    from layerwise.train.evaluate import accuracy
 
     npz, _ = _write_doors(tmp_path, 300, 100)
     layers = [LayerConfig(input=784, size=32, epochs=2, lr=0.003, optimizer="adam", l1=0.01),
@@ -225,11 +225,9 @@ def test_pixels_kept_as_uint8_train_exactly_as_floats(tmp_path, monkeypatch):
 def test_rgb_arrays_set_the_conv_channels_and_the_classes(tmp_path):
     """The layers follow the data: a conv layer on 3x16x16 images takes 3 channels, the output layer
     has one unit per class, and a label count the data cannot hold names the key."""
-    from pydantic import ValidationError
-
     from flows.checks import check_data
     from layerwise.config import PipelineConfig
-    from layerwise.finetune import build_classifier
+    from layerwise.train.finetune import build_classifier
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "rgb.npz", x_train=rng.integers(0, 255, (120, 16, 16, 3), dtype=np.uint8),
@@ -245,7 +243,7 @@ def test_rgb_arrays_set_the_conv_channels_and_the_classes(tmp_path):
     assert cfg.layers[0].input_shape == [3, 16, 16] and cfg.sizes == [768, 4 * 8 * 8, 8]
     model = build_classifier(None, cfg.finetune, cfg.layers, cfg.data.n_classes)
     assert model.hidden[0][0].in_channels == 3 and model.output.out_features == 3
-    with pytest.raises(ValidationError, match="finetune.labels is 90 but must lie between 3"):
+    with pytest.raises(ValueError, match="finetune.labels is 90 but must lie between 3"):
         cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"labels": 90})}).bound_to(cfg.data.found)
 
 
@@ -270,7 +268,7 @@ def test_the_checks_read_is_the_runs_read_and_is_handed_out_once(tmp_path):
 def test_mnist_files_are_hashed_once_per_process_unless_they_change(tmp_path, monkeypatch):
     import shutil
 
-    import layerwise.data as data
+    import layerwise.datasets.mnist as data
 
     raw = data.raw_dir(tmp_path)
     shutil.copytree(data.raw_dir(mnist_root()), raw)

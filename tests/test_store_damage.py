@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from conftest import mnist_root
 from layerwise.config import DataConfig, PipelineConfig
 from layerwise.paths import work_root
+from layerwise.store.files import load_inputs
 from tasks import tracking as tr
 from tasks.data import prepare_data
 from tasks.finetune import finetune
@@ -44,7 +45,7 @@ def test_a_stage_whose_stored_weights_are_damaged_is_retrained_with_a_warning(tm
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = _data(tmp_path)
-    inputs = torch.load(data.inputs)
+    inputs = load_inputs(data.inputs)
     first = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", tmp_path / "w1"), STACK.layers[0], inputs,
                               0, 1, "stage-key")
     stored = work_root() / "stages" / "stage-key" / "pretrain-1.pt"
@@ -96,7 +97,7 @@ def test_stages_and_the_unrolled_model_reused_under_another_tracking_store_carry
     def run_stack(workdir):
         client = MlflowClient(tr.tracking_uri())
         experiment_id, parent = _parent(client)
-        stages, codes = [], torch.load(data.inputs)
+        stages, codes = [], load_inputs(data.inputs)
         for index, layer in enumerate(cfg.layers, 1):
             stage = pretrain_layer.fn(RunContext(parent, experiment_id, "damage", workdir), layer, codes, 0, index,
                                       f"key-{index}")

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from layerwise.config import ConfigError, baseline_values, load_pipeline, load_raw, trial_raw
 from layerwise.config.sweep import SweepConfig, expand_key
-from layerwise.search import (BASELINE_ATTR, DIED_ATTR, RETRY_OF_ATTR, counted, finished, make_pruner, mark_running,
+from layerwise.report.search import (BASELINE_ATTR, DIED_ATTR, RETRY_OF_ATTR, counted, finished, make_pruner, mark_running,
                               open_study, recover, study_name, suggest)
 
 SPACE_ERRORS = [

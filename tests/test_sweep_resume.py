@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import REPO
+from report_checks import check_sweep
 from servers import base_env, run_until
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,16 @@ def test_a_sweep_killed_mid_trial_resumes_to_exactly_its_trials(tracking, tmp_pa
     assert f"best: trial {best.number}" in note and "final run, its test split read once: test error" in note
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
         {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert {"best.yaml", "trials.csv", "figures/objective-by-trial.png"} <= artifacts
+    assert {"best.yaml", "trials.csv", "figures/objective-by-trial.png", "report.md"} <= artifacts
+
+    # `layerwise report`: the trials (the interrupted one too), the best and the final run, each number
+    # as the runs hold it; the same page the sweep left on its parent run
+    shown = subprocess.run([sys.executable, "-m", "flows", "report", "smoke-sweep", "--sweep", "--out", "-"],
+                           cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    check_sweep(shown.stdout, client, client.get_run(parent.info.run_id))
+    logged = open(client.download_artifacts(parent.info.run_id, "report.md", str(tmp_path))).read()
+    assert logged.split("\n", 4)[4] == shown.stdout.split("\n", 4)[4]  # all but the title and source lines
 
     best_yaml = client.download_artifacts(parent.info.run_id, "best.yaml", str(tmp_path))
     again = subprocess.run([sys.executable, "-m", "flows", "run", "--config", best_yaml], cwd=REPO,

@@ -6,7 +6,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import mnist_root
-from layerwise.checkpoint import load_encoder
+from layerwise.store.checkpoint import load_encoder
+from layerwise.store.files import load_inputs, load_labels
 from layerwise.config import PipelineConfig
 from tasks import tracking as tr
 from tasks.data import prepare_data
@@ -32,9 +33,9 @@ def _parent(client):
 def test_prepare_data_writes_splits(tmp_path, tracking):
     cfg = PipelineConfig.model_validate(CONFIG)
     out = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
-    inputs, labels = torch.load(out.inputs), torch.load(out.labels)
+    inputs, labels = load_inputs(out.inputs), load_labels(out.labels)
     assert {k: tuple(v.shape) for k, v in inputs.items()} == {"train": (240, 784), "val": (60, 784), "test": (10000, 784)}
-    assert len(labels["train_ids"]) == 240 and len(labels["val"]) == 60 and labels["shape"] == [1, 28, 28]
+    assert len(labels.train_ids) == 240 and len(labels.val) == 60 and labels.shape == (1, 28, 28)
 
 
 def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
@@ -43,7 +44,7 @@ def test_pretrain_task_trains_logs_and_encodes(tmp_path, tracking):
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
     run_ctx = RunContext(parent, experiment_id, "tasks", tmp_path / "w")
-    stage = pretrain_layer.fn(run_ctx, cfg.layers[0], torch.load(data.inputs), 0, 1, "key-1")
+    stage = pretrain_layer.fn(run_ctx, cfg.layers[0], load_inputs(data.inputs), 0, 1, "key-1")
     run = client.get_run(stage.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["layerwise.stage"] == "pretrain-1" and run.data.tags["mlflow.parentRunId"] == parent
@@ -76,8 +77,7 @@ def test_finetune_task_logs_registers_and_records_the_subset(tmp_path, tracking)
     assert abs(run.data.metrics["test_error"] - 100 * (1 - run.data.metrics["test_accuracy"])) < 1e-9
     assert len(client.get_metric_history(result.run_id, "val_accuracy")) == 2
     subset = json.loads(open(client.download_artifacts(result.run_id, "label_subset.json", str(tmp_path))).read())
-    labels = torch.load(data.labels)
-    assert len(subset) == 100 and set(subset) <= set(labels["train_ids"])
+    assert len(subset) == 100 and set(subset) <= set(load_labels(data.labels).train_ids)
     [version] = client.search_model_versions("name='tasks-classifier'")
     assert version.run_id == result.run_id
 
@@ -87,7 +87,7 @@ def test_a_stage_with_a_known_key_is_reused_not_retrained(tmp_path, tracking):
     client = MlflowClient()
     experiment_id, parent = _parent(client)
     data = prepare_data.fn(str(mnist_root()), cfg.data, str(tmp_path / "w"))
-    inputs = torch.load(data.inputs)
+    inputs = load_inputs(data.inputs)
     first = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w1"), cfg.layers[0], inputs, 0,
                               1, "same-key")
     second = pretrain_layer.fn(RunContext(parent, experiment_id, "tasks", tmp_path / "w2"), cfg.layers[0], inputs,

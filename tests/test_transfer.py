@@ -2,12 +2,13 @@ import pytest
 import torch
 
 from layerwise.config import Denoising, FinetuneConfig, LayerConfig, TrainingConfig, resolve_layers
-from layerwise.data import Labelled
-from layerwise.encode import encode
-from layerwise.stack import pretrain_stack, pretrain_stage
-from layerwise.models import Autoencoder
-from layerwise.training import train_autoencoder, train_classifier
-from layerwise.transfer import classifier_from_encoders, freeze, scratch_classifier
+from layerwise.datasets.splits import Labelled
+from layerwise.train.evaluate import encode
+from layerwise.train.stack import pretrain_stack, pretrain_stage
+from layerwise.nn.models import Autoencoder
+from layerwise.train.autoencoder import train_autoencoder
+from layerwise.train.classifier import train_classifier
+from layerwise.nn.transfer import classifier_from_encoders, freeze, scratch_classifier
 
 
 def _dense(n_in, n_out, activation):
@@ -95,7 +96,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
                               _training(epochs=4, batch_size=8, optimizer="sgd", lr=0.5, keep="last"), seed=0,
                               callback=lambda r: seen.append(r.metrics["val_accuracy"]))
     assert result.best_epoch == 4 and len(seen) == 4
-    from layerwise.training import accuracy
+    from layerwise.train.evaluate import accuracy
 
     assert accuracy(clf, x, y) == seen[-1]
     best = scratch_classifier([_dense(12, 8, "relu")], 3, 0.0, seed=0)
@@ -105,7 +106,7 @@ def test_keep_last_keeps_the_final_weights_and_best_val_restores_the_best():
 
 
 def test_a_seeded_stage_reproduces_bit_for_bit():
-    from layerwise.models import seeded_autoencoder
+    from layerwise.nn.models import seeded_autoencoder
 
     x = torch.rand(64, 12, generator=torch.Generator().manual_seed(0))
     weights = []
@@ -137,17 +138,17 @@ def test_head_epochs_train_the_output_layer_alone_first():
 
 
 def test_hidden_layers_learn_at_a_scaled_rate():
-    from layerwise.training import classifier_optimizer
+    from layerwise.train.optim import classifier_optimizer
 
     clf = scratch_classifier([_dense(12, 8, "sigmoid"), _dense(8, 6, "sigmoid")], 3, 0.0, seed=0)
-    opt = classifier_optimizer(clf, "sgd", 0.2, 0.9, 0.0, hidden_lr_scale=0.1)
+    opt = classifier_optimizer(clf, _training(epochs=1, optimizer="sgd", lr=0.2, hidden_lr_scale=0.1))
     hidden, output = opt.param_groups
     assert hidden["lr"] == pytest.approx(0.02) and output["lr"] == 0.2
     assert len(hidden["params"]) == 4 and len(output["params"]) == 2
 
 
 def test_max_norm_scales_back_only_the_rows_past_the_limit():
-    from layerwise.training import max_norm_
+    from layerwise.train.optim import max_norm_
 
     clf = scratch_classifier([_dense(4, 3, "sigmoid")], 2, 0.0, seed=0)
     rows = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0], [0.0, 0.0, 0.0, 10.0]])  # norms 5, 0.5, 10
@@ -210,13 +211,16 @@ def test_the_output_layer_is_drawn_from_the_seed_alone():
     assert torch.equal(a.output.weight, b.output.weight) and torch.equal(a.output.bias, b.output.bias)
 
 
-def test_a_finetune_config_trains_with_the_settings_in_force_for_its_init():
+def test_a_scratch_controls_settings_in_force_are_its_overrides_applied_once():
     torch.manual_seed(0)
     x, y = torch.rand(40, 12), torch.randint(0, 3, (40,))
     config = FinetuneConfig(init="scratch", epochs=2, batch_size=8, optimizer="sgd", lr=0.5, schedule="constant",
                             min_steps=15, scratch={"optimizer": "adam", "lr": 0.01})
+    explicit = FinetuneConfig(init="scratch", epochs=2, batch_size=8, optimizer="adam", lr=0.01, schedule="constant",
+                              min_steps=15)
+    assert config.in_force() == explicit and config.in_force().in_force() == explicit  # nothing left to apply
     weights = []
-    for settings in (config, config.in_force()):
+    for settings in (explicit, config.in_force()):
         clf = scratch_classifier([_dense(12, 8, "sigmoid")], 3, 0.0, seed=0)
         result = train_classifier(clf, Labelled(x, y, x, y), settings, seed=0)
         assert len(result.history) == 3  # min_steps 15 at 5 batches an epoch: 3 epochs, not 2

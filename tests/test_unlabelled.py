@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import FinetuneConfig, LayerConfig, PipelineConfig, resolve_layers
+from layerwise.config import FinetuneConfig, LayerConfig, PipelineConfig, method, resolve_layers
+from layerwise.config import cells as grid_cells
 from layerwise.config.schema import UnlabelledConfig
-from layerwise.data import Labelled
-from layerwise.finetune import build_classifier, finetune
-from layerwise.stack import pretrain_stack
-from layerwise.unlabelled import (VAT_XI, adversarial_direction, consistency_loss, pseudo_label_loss, ramp,
+from layerwise.datasets.splits import Labelled
+from layerwise.train.finetune import build_classifier, finetune
+from layerwise.train.stack import pretrain_stack
+from layerwise.nn.unlabelled import (VAT_XI, adversarial_direction, consistency_loss, pseudo_label_loss, ramp,
                                   stack_reconstruction_loss, virtual_adversarial_loss)
 
 
@@ -125,7 +126,7 @@ def test_reconstruction_keeps_each_stage_and_trains_its_decoder_through_the_shar
         if stages[0].loss == "bce" else None
     value = stack_reconstruction_loss(model, x, 0.0, torch.Generator())
     _, out2 = model.autoencoders[1](h1)
-    from layerwise.losses import reconstruction_loss
+    from layerwise.nn.losses import reconstruction_loss
     manual = reconstruction_loss(model.autoencoders[0](x)[1], x, stages[0].loss) + \
         reconstruction_loss(out2, h1, stages[1].loss)
     assert torch.allclose(value, manual)
@@ -175,7 +176,7 @@ def test_an_ablation_grid_adds_objectives_beside_the_plain_rows():
         "finetune": {"epochs": 1, "lr": 0.1, "unlabelled": {"objective": "pseudo_label", "weight": 2.0}},
         "ablation": {"labels": [20], "inits": ["pretrained", "scratch", "pretrained+pseudo_label",
                                                "scratch+reconstruction"]}})
-    cells = {cell.method(): cell.finetune for cell in cfg.cells()}
+    cells = {method(cell): cell.finetune for cell in grid_cells(cfg)}
     assert list(cells) == ["pretrained", "scratch", "pretrained+pseudo_label", "scratch+reconstruction"]
     assert cells["pretrained"].unlabelled is None and cells["scratch"].unlabelled is None
     assert cells["pretrained+pseudo_label"].unlabelled.weight_in_force() == 2.0  # the block's settings

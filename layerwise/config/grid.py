@@ -3,23 +3,19 @@
 A pipeline with `ablation:` runs label counts (or fractions) x seeds x inits fine-tunes ("cells"),
 over one pretrained stack per variant (its layer keys set on every layer). Each cell is itself a
 PipelineConfig, with `ablation` cleared, `finetune` set to the cell's labels, seed and init, and
-`variant` naming the stack it starts from. PipelineConfig.cells() / stacks() / variant_stack() /
-method() / cell_name() call these functions.
+`variant` naming the stack it starts from, and its fine-tune settings in force (finetune.scratch
+applied to a scratch cell): what the core trains with, as it is.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from layerwise.config.schema import LayerConfig
-
-if TYPE_CHECKING:
-    from layerwise.config.schema import PipelineConfig
+from layerwise.config.schema import LayerConfig, PipelineConfig, UnlabelledConfig
 
 
 def cells(cfg: PipelineConfig) -> list[PipelineConfig]:
-    """The fine-tunes cfg runs: the ablation grid, or the one `finetune:` describes."""
+    """The fine-tunes cfg runs: the ablation grid, or the one `finetune:` describes; each with its
+    fine-tune settings in force (FinetuneConfig.in_force), as the core takes them."""
     if not cfg.ablation:
-        return [cfg]
+        return [cfg.model_copy(update={"finetune": cfg.finetune.in_force()}) if cfg.finetune else cfg]
     grid = cfg.ablation
     specs = [{"labels": n, "label_fraction": None} for n in grid.labels]
     specs += [{"labels": None, "label_fraction": f} for f in grid.label_fractions]
@@ -28,7 +24,7 @@ def cells(cfg: PipelineConfig) -> list[PipelineConfig]:
     methods = [(init, variant, stack) for init in grid.inits
                for variant, stack in (stacks.items() if init.startswith("pretrained") else [(None, cfg)])]
     return [stack.model_copy(update={"ablation": None, "variant": variant, "finetune": cfg.finetune.model_copy(
-                update={**spec, "seed": seed, **init_settings(cfg, init)})})
+                update={**spec, "seed": seed, **init_settings(cfg, init)}).in_force()})
             for spec in specs for seed in grid.seeds for init, variant, stack in methods]
 
 
@@ -36,8 +32,6 @@ def init_settings(cfg: PipelineConfig, init: str) -> dict:
     """An ablation init as fine-tune keys: 'pretrained' / 'scratch' use no unlabelled objective (the
     plain greedy rows); 'pretrained+pseudo_label' adds that objective, with finetune.unlabelled's
     settings where it names the same objective, else the objective's defaults."""
-    from layerwise.config.schema import UnlabelledConfig
-
     base, _, objective = init.partition("+")
     if not objective:
         return {"init": base, "unlabelled": None}
@@ -70,3 +64,8 @@ def method(cell: PipelineConfig) -> str:
 def cell_name(cell: PipelineConfig) -> str:
     """How a fine-tune is named in logs and Prefect: method-labels-seed."""
     return f"{method(cell)}-{cell.n_labels()}-seed{cell.finetune.seed}"
+
+
+def needs_stack(cfg: PipelineConfig) -> bool:
+    """Whether cfg pretrains a stack: it unrolls one, or some cell fine-tunes from one."""
+    return cfg.unroll is not None or any(cell.finetune.init == "pretrained" for cell in cells(cfg))

@@ -190,8 +190,11 @@ def check_sweep_space(name: str, raw: dict, sweep, source: str = "pipelines.yaml
     from layerwise.config.sweep import expand_key, overrides_for
 
     where = f"{source}: pipeline '{name}'"
-    base = {key: value for key, value in raw.items() if key != "sweep"}
-    current = PipelineConfig.model_validate(base).model_dump()
+    base = {key: value for key, value in searched_raw(raw, sweep, where).items() if key != "sweep"}
+    try:  # what every trial runs: the pipeline with sweep.search_set
+        current = PipelineConfig.model_validate(base).model_dump()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: sweep.search_set: {describe_errors(exc.errors(), PipelineConfig)}") from None
     if sweep.final_set:
         label = f"{where}: sweep.final_set"
         try:
@@ -217,6 +220,16 @@ def check_sweep_space(name: str, raw: dict, sweep, source: str = "pipelines.yaml
                 PipelineConfig.model_validate(apply_overrides(base, [f"{d}={json.dumps(probe)}" for d in keys], label))
             except ValidationError as exc:
                 raise ConfigError(f"{label} at {probe!r}: {describe_errors(exc.errors(), PipelineConfig)}") from None
+
+
+def searched_raw(raw: dict, sweep, where: str) -> dict:
+    """The pipeline a sweep's trials start from: raw with sweep.search_set applied (a pipeline that
+    ships its chosen recipe retrained on every labelled image gets its validation split back)."""
+    from layerwise.config.sweep import overrides_for
+
+    if not sweep.search_set:
+        return raw
+    return apply_overrides(raw, overrides_for(sweep.search_set, raw), f"{where}: sweep.search_set")
 
 
 def baseline_values(raw: dict, space: dict) -> Optional[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The pipeline schema: pydantic models of pipelines.yaml, its constants, and layer resolution.
 
 Validating a PipelineConfig resolves it: every layer's input width, a conv layer's input shape and
-code size, and `loss: auto` are filled in by resolve_layers. The ablation grid a config expands to
-lives in grid.py, reading and --set overrides in loading.py, the error wording in errors.py.
+code size, and `loss: auto` are filled in by resolve_layers (for a source whose images are not read
+yet, by bound_to once the run has read them). The ablation grid a config expands to lives in grid.py
+(which imports this module, never the reverse), reading and --set overrides in loading.py, the error
+wording in errors.py.
 Cron and timezone strings are judged next to `layerwise serve` (flows/schedules.py): the core
 imports no Prefect.
 """
@@ -172,7 +174,21 @@ class Denoising(Strict):
         return self
 
 
-class LayerConfig(Strict):
+class Steps(Strict):
+    """Epochs of minibatch gradient steps and the optimizer that takes them: what every training here
+    shares (a layer's autoencoder, the classifier, the unrolled stack; train/optim.py builds the
+    optimizer from it). A training may default optimizer and batch_size otherwise."""
+    epochs: int = Field(..., ge=1)
+    optimizer: Optimizer = "sgd"
+    lr: float = Field(..., gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
+
+
+class LayerShape(Strict):
+    """What a layer's autoencoder is: its kind, widths, activation, loss and code penalties."""
     kind: Literal["dense", "conv"] = Field("dense", description="dense: Linear; conv: convolution + max-pooling "
                                                                 "down, unpooling + transposed convolution up")
     input: Optional[int] = Field(None, ge=1, description="input width; defaults to the previous layer's size")
@@ -190,14 +206,6 @@ class LayerConfig(Strict):
     contractive: float = Field(0.0, ge=0, description="weight of ||dcode/dinput||_F^2 (contractive autoencoder)")
     tied: bool = Field(False, description="decoder = the encoder's weight transposed (half the weights)")
     denoising: Optional[Denoising] = Field(None, description="corrupt the input, reconstruct the clean one")
-    epochs: int = Field(..., ge=1)
-    optimizer: Optimizer = "adam"
-    lr: float = Field(..., gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(256, ge=1)
-    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
-    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
 
     @model_validator(mode="after")
     def _kind_keys(self):
@@ -228,14 +236,15 @@ class LayerConfig(Strict):
         return (self.channels, height // self.pool, width // self.pool)
 
 
-class Optimization(Strict):
-    """Epochs of minibatch gradient steps: the settings every end-to-end training shares."""
-    epochs: int = Field(..., ge=1)
-    optimizer: Optimizer = "sgd"
-    lr: float = Field(..., gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
+class LayerConfig(Steps, LayerShape):
+    """One greedy stage: the autoencoder (LayerShape's keys, first) and how it trains (Steps')."""
+    optimizer: Optimizer = "adam"
+    batch_size: int = Field(256, ge=1)
+    compile: Optional[Compile] = Field(None, description="resolved from the pipeline's compile")
+
+
+class Optimization(Steps):
+    """An end-to-end training's steps and their learning-rate schedule (the classifier, the unroll)."""
     schedule: Literal["constant", "cosine", "linear_decay"] = Field(
         "cosine", description="constant; cosine (annealed to 0 over the epochs); linear_decay (constant, then "
                               "falling linearly to 0 over the last steps after decay_start, step by step)")
@@ -243,7 +252,6 @@ class Optimization(Strict):
                                                             "the learning rate falls (Miyato et al. 2018: 0.5)")
     decay_beta1: Optional[float] = Field(None, ge=0, lt=1, description="linear_decay with adam: Adam's beta1 "
                                                                        "while the rate falls (Miyato et al.: 0.5)")
-    precision: Optional[Precision] = Field(None, description="resolved from the pipeline's precision")
 
 
 class TrainingConfig(Optimization):
@@ -337,10 +345,13 @@ class FinetuneConfig(TrainingConfig):
                           "init wants its own optimizer and learning rate")
 
     def in_force(self) -> "FinetuneConfig":
-        """The settings this init trains with (scratch overrides applied)."""
-        if self.init != "scratch" or self.scratch is None:
+        """The settings this init trains with: for a scratch control, finetune.scratch's values
+        applied; the block itself cleared, so nothing is left to resolve. grid.cells gives every
+        cell so: the core takes it as it is."""
+        if self.scratch is None:
             return self
-        return self.model_copy(update=self.scratch.model_dump(exclude_none=True))
+        applied = self.scratch.model_dump(exclude_none=True) if self.init == "scratch" else {}
+        return self.model_copy(update={**applied, "scratch": None})
 
     @model_validator(mode="after")
     def _one_label_spec(self):
@@ -533,8 +544,7 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _resolve(self):
         if self.data.found is not None:  # else a source whose images are not read yet: check_run binds it
-            resolve_layers(self.layers, tuple(self.data.found.shape),
-                           "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
+            self._resolve_layers()
         for part in [*self.layers, self.finetune, self.unroll]:  # every training takes the pipeline's
             if part is not None and part.precision is None:
                 part.precision = self.precision
@@ -563,8 +573,17 @@ class PipelineConfig(Strict):
         if self.finetune is not None and self.data.val_size == 0 and self.finetune.keep != "last":
             raise ValueError("data.val_size is 0: there is no validation split to pick the best epoch by; "
                              "set finetune.keep: last")
-        if self.finetune is None or self.data.found is None:
-            return self
+        if self.data.found is not None:
+            self._check_label_counts()
+        return self
+
+    def _resolve_layers(self) -> None:
+        resolve_layers(self.layers, tuple(self.data.found.shape),
+                       "the images' C x H x W ({}x{}x{})".format(*self.data.found.shape))
+
+    def _check_label_counts(self) -> None:
+        if self.finetune is None:
+            return
         n_train, n_classes = self.data.n_train, self.data.n_classes
         counts = [("finetune.labels", self.finetune.labels)]
         if self.ablation:
@@ -573,7 +592,6 @@ class PipelineConfig(Strict):
             if isinstance(count, int) and not n_classes <= count <= n_train:
                 raise ValueError(f"{key} is {count} but must lie between {n_classes} (one per class) and "
                                  f"{n_train} (the training images left after data.val_size={self.data.val_size})")
-        return self
 
     def _check_sweep(self) -> None:
         if self.ablation:
@@ -582,19 +600,29 @@ class PipelineConfig(Strict):
         if (objective == "val_sq_error") != (self.unroll is not None):
             raise ValueError(f"sweep.objective {objective} does not fit a pipeline that "
                              f"{'unrolls (use val_sq_error)' if self.unroll else 'fine-tunes a classifier (use val_accuracy)'}")
-        if objective == "val_accuracy" and self.data.val_size == 0:
-            raise ValueError("sweep.objective val_accuracy needs validation images: data.val_size is 0")
+        # the trials run with sweep.search_set: a pipeline shipped without validation gets it back there
+        if objective == "val_accuracy" and self.sweep.search_set.get("data.val_size", self.data.val_size) == 0:
+            raise ValueError("sweep.objective val_accuracy needs validation images: data.val_size is 0 "
+                             "(give the trials some with sweep.search_set: {data.val_size: N})")
         for key in self.sweep.space:
             if key.split(".")[0] in FIXED_PREFIXES:
                 raise ValueError(f"sweep.space.{key}: {key.split('.')[0]} is the same for every trial (the data "
                                  f"every trial is judged on, or a part no trial runs); search other keys")
 
     def bound_to(self, facts: DataFacts) -> "PipelineConfig":
-        """This config for the data the run found: layers resolved against its image shape, label
-        counts checked against its labelled images and classes (a ValueError names the key)."""
-        dump = self.model_dump()
-        dump["data"]["found"] = facts.model_dump()
-        return PipelineConfig.model_validate(dump)
+        """A copy of this (validated) config for the data the run found: data.found set, the layers
+        resolved against its image shape, the data block's sizes and the label counts checked
+        against its labelled images and classes. Only what the data decides is looked at again:
+        the rest was validated when the config was read. A ValueError names the key."""
+        try:
+            data = DataConfig.model_validate({**self.data.model_dump(exclude={"found"}), "found": facts.model_dump()})
+        except ValidationError as exc:  # named as the pipeline's validation names them: data.KEY
+            raise ValueError(describe_errors([{**err, "loc": ("data", *err["loc"])} for err in exc.errors()],
+                                             PipelineConfig)) from None
+        bound = self.model_copy(deep=True, update={"data": data})
+        bound._resolve_layers()
+        bound._check_label_counts()
+        return bound
 
     @property
     def sizes(self) -> list[int]:
@@ -607,38 +635,6 @@ class PipelineConfig(Strict):
         parts = [width] + [f"{layer.channels}c{layer.kernel}p{layer.pool}" if layer.kind == "conv"
                                       else str(layer.size) for layer in self.layers]
         return "-".join(parts)
-
-    # The ablation grid: what a pipeline expands to (grid.py holds the expansion).
-
-    def cells(self) -> list[PipelineConfig]:
-        """The fine-tunes this pipeline runs: the ablation grid, or the one `finetune:` describes."""
-        from layerwise.config import grid
-
-        return grid.cells(self)
-
-    def variant_stack(self, name: str) -> PipelineConfig:
-        """This pipeline with ablation variant NAME's keys set on every layer."""
-        from layerwise.config import grid
-
-        return grid.variant_stack(self, name)
-
-    def stacks(self) -> list[PipelineConfig]:
-        """The pretrained stacks this pipeline needs: one per ablation variant, else its own."""
-        from layerwise.config import grid
-
-        return grid.stacks(self)
-
-    def method(self) -> str:
-        """What a fine-tune starts from: scratch, pretrained, or the variant's name."""
-        from layerwise.config import grid
-
-        return grid.method(self)
-
-    def cell_name(self) -> str:
-        """How a fine-tune is named in logs and Prefect: method-labels-seed."""
-        from layerwise.config import grid
-
-        return grid.cell_name(self)
 
     def n_labels(self) -> Optional[int]:
         """How many labelled images fine-tuning uses (None for a fraction or 'all' of data not read yet)."""

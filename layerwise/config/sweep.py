@@ -116,6 +116,10 @@ class SweepConfig(Strict):
         "dotted keys (as --set) the final run changes in the best trial's configuration, e.g. "
         "{data.val_size: 0}: the chosen recipe retrained on the validation images too, nothing "
         "chosen by what it reads from test"))
+    search_set: dict[str, Any] = Field(default_factory=dict, description=(
+        "dotted keys (as --set) the sweep's trials change in the pipeline as written, e.g. "
+        "{data.val_size: 10000, finetune.keep: best_val} where the pipeline ships the chosen recipe "
+        "retrained on every labelled image: the trials need a validation split to be judged on"))
 
     @model_validator(mode="after")
     def _grid_fits(self):
@@ -143,6 +147,11 @@ class SweepConfig(Strict):
                 raise ValueError(f"final_set.{key} is searched by the space: the final run keeps the best value")
             if key.split(".")[0] == "sweep":
                 raise ValueError(f"final_set.{key}: the final run has no sweep block to change")
+        for key in self.search_set:
+            if key in self.space:
+                raise ValueError(f"search_set.{key} is searched by the space: each trial draws its own value")
+            if key.split(".")[0] == "sweep":
+                raise ValueError(f"search_set.{key}: the trials have no sweep block to change")
         return self
 
     def objective_for(self, is_unroll: bool) -> Objective:

@@ -21,7 +21,7 @@ def source_path(path: Optional[str]) -> Path:
 def hold_out_test(data: SourceData, fraction: float, seed: int) -> SourceData:
     """A source without test images gets a seeded, class-balanced share of its labelled images as its
     test split (the same images for every run with the same seed)."""
-    from layerwise.data import balanced_order
+    from layerwise.datasets.splits import balanced_order
 
     labelled = data.train.labelled
     n_test = max(len(data.classes), round(fraction * len(labelled)))

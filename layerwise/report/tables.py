@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerwise.anchors import FEW_LABEL_ERRORS, SOURCE, UNLABELLED_ERRORS, UNLABELLED_SOURCE
+from layerwise.report.anchors import FEW_LABEL_ERRORS, SOURCE, UNLABELLED_ERRORS, UNLABELLED_SOURCE
 
 COLUMNS = ["labels", "seed", "init", "test_error", "test_accuracy", "best_epoch", "train_seconds", "run_id",
            "trained_by"]
@@ -100,13 +100,14 @@ def reference_points(methods, anchors: bool) -> list[tuple[str, dict, str]]:
 
 def summary_markdown(summary: pd.DataFrame, title: str, test_set: str = "the official 10,000-image MNIST test set",
                      anchors: bool = True, paired: pd.DataFrame | None = None) -> str:
-    """anchors: add the published MNIST few-label errors (only where the data is MNIST); paired:
+    """title: the heading (none when empty); anchors: add the published MNIST few-label errors (only
+    where the data is MNIST); paired:
     paired_frame's differences, as a second table."""
     inits = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     header = ["labels"] + [f"{init} error % (mean ± std, n)" for init in inits]
     gains = [init for init in inits if gain_column(init) in summary.columns]
     header += [f"gain {init} − scratch (points)" for init in gains]
-    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ([f"## {title}", ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [str(int(row["labels"]))]
         for init in inits:

@@ -120,7 +120,7 @@ def trials_table(study: optuna.Study):
 
 def plot_history(study: optuna.Study, objective: str, path: Path) -> Path:
     """The objective of every finished trial by trial number, and the best so far."""
-    from layerwise.figures import _pyplot
+    from layerwise.report.figures import _pyplot
 
     plt = _pyplot()
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -149,7 +149,7 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> Path:
 def plot_importance(study: optuna.Study, path: Path) -> Optional[Path]:
     """Optuna's parameter importance (fANOVA) as a bar chart; None while it cannot be computed
     (fewer than two finished trials, or one parameter that never varied)."""
-    from layerwise.figures import _pyplot
+    from layerwise.report.figures import _pyplot
 
     import warnings
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from layerwise.models import Classifier, build_encoder
+from layerwise.nn.models import Classifier, build_encoder
 
 if TYPE_CHECKING:
     from layerwise.config import LayerConfig

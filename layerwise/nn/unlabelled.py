@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.datasets.source import to_unit
-from layerwise.losses import reconstruction_loss
-from layerwise.models import Classifier, Reconstructor, batch_norms, reset_linear
+from layerwise.nn.losses import reconstruction_loss
+from layerwise.nn.models import Classifier, Reconstructor, batch_norms, reset_linear
 
 
 def ramp(step: int, total: int, weight: float, start: float, end: float) -> float:

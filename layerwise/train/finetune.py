@@ -3,6 +3,9 @@ random output layer, trained by backprop on the few labelled images there are.
 
     tuned = finetune(stack.encoders, Labelled(x, y, x_val, y_val), cfg.finetune, cfg.layers)
     accuracy(tuned.model, x_test, y_test)
+
+The config is taken as it is: a cell's finetune (layerwise.config.cells) has a scratch control's
+overrides applied already; a FinetuneConfig of your own with a scratch block wants .in_force().
 """
 from __future__ import annotations
 
@@ -13,14 +16,15 @@ import torch
 from torch import nn
 
 from layerwise.config import MNIST_CLASSES, FinetuneConfig, LayerConfig
-from layerwise.data import Labelled
-from layerwise.models import Classifier, build_autoencoder
-from layerwise.training import Callback, TrainResult, train_classifier
 from layerwise.datasets.source import to_unit
-from layerwise.transfer import classifier_from_encoders, keep_pretrained_function_, scratch_classifier
-from layerwise.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
+from layerwise.datasets.splits import Labelled
+from layerwise.nn.models import Classifier, build_autoencoder
+from layerwise.nn.transfer import classifier_from_encoders, keep_pretrained_function_, scratch_classifier
+from layerwise.nn.unlabelled import attach_autoencoders, copy_trainable, detach_autoencoders, fresh_decoders
+from layerwise.train.classifier import train_classifier
+from layerwise.train.loop import Callback, TrainResult
 
-__all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.data
+__all__ = ["Finetuned", "Labelled", "build_classifier", "finetune"]  # Labelled lives in layerwise.datasets.splits
 
 
 @dataclass
@@ -33,16 +37,16 @@ def build_classifier(encoders: Optional[list[nn.Module]], config: FinetuneConfig
                      n_classes: int = MNIST_CLASSES) -> Classifier:
     """config.init 'pretrained': copies of the encoders; 'scratch': the same architecture (layers)
     from random init. The output layer is random, seeded by config.seed."""
-    ft = config.in_force()
-    if ft.init == "scratch":
-        model = scratch_classifier(layers, n_classes, ft.dropout, ft.seed, ft.input_dropout, ft.batch_norm)
+    if config.init == "scratch":
+        model = scratch_classifier(layers, n_classes, config.dropout, config.seed, config.input_dropout,
+                                   config.batch_norm)
     elif not encoders:
         raise ValueError("init 'pretrained' needs the pretrained encoders (stack.encoders)")
     else:
-        model = classifier_from_encoders([getattr(e, "encoder", e) for e in encoders], n_classes, ft.dropout,
-                                         ft.seed, ft.input_dropout, ft.batch_norm)
-    if ft.unlabelled is not None and ft.unlabelled.objective == "reconstruction":
-        attach_autoencoders(model, _autoencoders(encoders, ft, layers))
+        model = classifier_from_encoders([getattr(e, "encoder", e) for e in encoders], n_classes, config.dropout,
+                                         config.seed, config.input_dropout, config.batch_norm)
+    if config.unlabelled is not None and config.unlabelled.objective == "reconstruction":
+        attach_autoencoders(model, _autoencoders(encoders, config, layers))
     return model
 
 
@@ -72,14 +76,13 @@ def _sample(labelled: Labelled, seed: int, device: torch.device) -> torch.Tensor
 def finetune(encoders: Optional[list[nn.Module]], labelled: Labelled, config: FinetuneConfig,
              layers: list[LayerConfig], n_classes: int = MNIST_CLASSES, name: str = "finetune",
              callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Finetuned:
-    """Builds the classifier (build_classifier) and trains it with config's settings in force for
-    its init (finetune.scratch overrides a scratch control's); name labels progress and errors.
+    """Builds the classifier (build_classifier) and trains it with config's settings (in force: see
+    the module's docstring); name labels progress and errors.
     device: where it trains (default: where the labelled images are). With finetune.unlabelled,
     labelled.x_unlabelled holds the images it uses, and for its reconstruction objective
     `encoders` are the stack's whole stages (their decoders are kept while it trains)."""
-    ft = config.in_force()
     model = build_classifier(encoders, config, layers, n_classes).to(device or labelled.x_train.device)
-    if ft.batch_norm and ft.init == "pretrained":
-        keep_pretrained_function_(model, _sample(labelled, ft.seed, next(model.parameters()).device))
-    result = train_classifier(model, labelled, ft, ft.seed, name, callback)
+    if config.batch_norm and config.init == "pretrained":
+        keep_pretrained_function_(model, _sample(labelled, config.seed, next(model.parameters()).device))
+    result = train_classifier(model, labelled, config, config.seed, name, callback)
     return Finetuned(detach_autoencoders(model), result)

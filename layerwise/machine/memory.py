@@ -23,11 +23,11 @@ from typing import Optional
 
 import psutil
 
-from layerwise.config import ConfigError, PipelineConfig
+from layerwise.config import ConfigError, PipelineConfig, cells as grid_cells, stacks
 
 FLOAT = 4
 TRAINING_COPIES = 4            # weights, gradients, Adam's first and second moments
-EVAL_BATCH = 8192              # the batch of layerwise.encode, evaluate_autoencoder and predict
+EVAL_BATCH = 8192              # the batch of layerwise.train.evaluate, evaluate_autoencoder and predict
 RUNTIME_BYTES = 1_500_000_000  # the imports (python, torch, prefect, mlflow) measured ~0.9 GB resident,
                                # plus the temporary Prefect API and the retrieval/PCA working set
 
@@ -84,13 +84,13 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
     """The estimate of each phase of the run (see the module's docstring for what is counted)."""
     facts = cfg.data.found  # the images' shape, classes and counts (check_run binds them)
     images = cfg.data.pool + facts.unlabelled + facts.test
-    from layerwise.data import keeps_uint8
+    from layerwise.datasets.splits import keeps_uint8
 
     values = images * cfg.data.width
     pixels = values * (1 if keeps_uint8(values) else FLOAT)  # uint8 where the float copy would not fit comfortably
     data_key = f"data.train_size={cfg.data.pool}" + (f" (+ {facts.unlabelled} unlabelled)" if facts.unlabelled else "")
     found = []
-    for stack in cfg.stacks():
+    for stack in stacks(cfg):
         label = f" (ablation variant {stack.variant})" if stack.variant else ""
         for i, layer in enumerate(stack.layers):
             # the stage's tensors grow with its input and its code width: name the wider's key
@@ -106,7 +106,7 @@ def phases(cfg: PipelineConfig) -> list[Phase]:
     widest = _width_key(cfg, max(range(len(cfg.layers)), key=lambda i: _encoder_params(cfg.layers[i])))
     if cfg.finetune:
         ft = cfg.finetune
-        cells = min(cfg.ablation.workers, len(cfg.cells())) if cfg.ablation else 1
+        cells = min(cfg.ablation.workers, len(grid_cells(cfg))) if cfg.ablation else 1
         times = f" x ablation.workers={cfg.ablation.workers}" if cells > 1 else ""
         params = sum(_encoder_params(layer) for layer in cfg.layers) + cfg.layers[-1].size * cfg.data.n_classes
         batch = max(ft.batch_size, (ft.scratch and ft.scratch.batch_size) or 0)

@@ -69,6 +69,14 @@ def bf16_problem() -> Optional[str]:
             f"instructions (AMX or AVX512-BF16): bf16 would be emulated, slower than fp32")
 
 
+def configure_cpu(threads: Optional[int] = None) -> None:
+    """Denormals slow the CPU down badly once sigmoid codes saturate; flush them. threads: torch's
+    thread count (an ablation's cells split the cores)."""
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+
+
 # --- the compiled step -------------------------------------------------------------------------------
 
 # A compiled step pays its compile time back only over many steps: measured on 2 cores (AMD EPYC,

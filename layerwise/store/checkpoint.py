@@ -1,4 +1,5 @@
-"""Stage weight files: the state dicts together with the resolved config that produced them."""
+"""Weight files: a stage's (its autoencoder) and the unrolled network's, each with the resolved
+config that produced it, saved on the CPU and read with weights_only=True."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from layerwise.config import LayerConfig
-from layerwise.models import Reconstructor, build_autoencoder
+from layerwise.nn.models import DeepAutoencoder, Reconstructor, build_autoencoder
 
 
 def save_stage(path: Path, model: nn.Module, config: dict) -> Path:
@@ -37,3 +38,20 @@ def load_encoder(path: Path | str) -> tuple[nn.Module, dict]:
     """The encoder block of a saved stage (Linear or conv + activation) and its config."""
     model, config = load_stage(path)
     return model.encoder, config
+
+
+def save_unrolled(path: Path, model: DeepAutoencoder, config: dict) -> Path:
+    """The fine-tuned deep autoencoder's weights (on the CPU: they load anywhere) with its
+    pipeline's config (PipelineConfig.model_dump(): plain types)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": _on_cpu(model.state_dict()), "config": config}, path)
+    return path
+
+
+def load_unrolled(path: Path | str) -> DeepAutoencoder:
+    """The fine-tuned deep autoencoder a save_unrolled file holds, in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # the config as plain dicts
+    model = DeepAutoencoder([build_autoencoder(LayerConfig.model_validate(layer))
+                             for layer in saved["config"]["layers"]])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()

@@ -1,6 +1,8 @@
 """Greedy layer-wise pretraining as a library call: train each layer's autoencoder on the codes of
 the one below, freeze it, encode every split once. No tracker, no orchestrator: progress goes to
-the callback, and the pipeline's task plugs its stage store and MLflow runs in through `stage=`.
+the callback, and the pipeline's task plugs its stage store and MLflow runs in through `stage=`
+(that task trains its stage with train.autoencoder.train_stage, as pretrain_stage does: nothing
+below calls back up into this loop).
 
     stack = pretrain_stack(cfg.layers, {"train": x_train, "val": x_val}, seed=0, callback=print)
     stack.codes["train"]  # the top layer's codes; stack.encoders: the frozen encoders, bottom first
@@ -14,12 +16,11 @@ import torch
 from torch import nn
 
 from layerwise.config import LayerConfig
-from layerwise.encode import encode
-from layerwise.models import Reconstructor, seeded_stage
-from layerwise.training import Callback, TrainResult, train_autoencoder
-from layerwise.transfer import freeze
-
-Splits = dict[str, torch.Tensor]  # split name (train, val, test) -> inputs or codes, one row per image
+from layerwise.nn.models import Reconstructor
+from layerwise.nn.transfer import freeze
+from layerwise.train.autoencoder import train_stage
+from layerwise.train.evaluate import Splits, encode_splits
+from layerwise.train.loop import Callback, TrainResult
 
 
 @dataclass
@@ -46,30 +47,6 @@ class Stack:
         return self.stages[-1].codes
 
 
-def stage_seed(seed: int, index: int) -> int:
-    """Each stage's own seed (init and batch order), so stage i does not depend on how many
-    random numbers the stages below it drew."""
-    return seed * 100 + index
-
-
-def train_stage(layer: LayerConfig, inputs: Splits, seed: int, index: int,
-                callback: Optional[Callback] = None, device: Optional[torch.device] = None
-                ) -> tuple[Reconstructor, TrainResult]:
-    """The layer's autoencoder, seeded, trained on inputs['train'] with its settings, scored on
-    inputs['val'] after every epoch. device: where it computes (default: where inputs are; inputs
-    left in host memory are copied to it a batch at a time)."""
-    # built (and seeded) on the CPU, so every device starts from the same weights
-    model = seeded_stage(layer, stage_seed(seed, index)).to(device or inputs["train"].device)
-    result = train_autoencoder(model, inputs["train"], inputs["val"], layer, stage_seed(seed, index),
-                               f"pretrain-{index}", f"layers.{index - 1}", callback)
-    return model, result
-
-
-def encode_splits(encoder: nn.Module, inputs: Splits, precision: Optional[str] = None) -> Splits:
-    """Every split's codes (fp32; computed in bf16 where the stage trained in bf16)."""
-    return {split: encode(encoder, x, precision=precision) for split, x in inputs.items()}
-
-
 def pretrain_stage(layer: LayerConfig, inputs: Splits, seed: int = 0, index: int = 1,
                    callback: Optional[Callback] = None, device: Optional[torch.device] = None) -> Stage:
     """Train one layer, freeze its encoder, encode every split (codes stay where inputs are)."""
@@ -91,7 +68,7 @@ def pretrain_stack(layers: list[LayerConfig], inputs: Splits, seed: int = 0, cal
     memory; the pipeline passes its task, which reuses stored stages and tracks each in MLflow).
     keep_codes=False drops each stage's codes once the stage above has encoded them (the top
     layer's stay): a 1000-wide code of 70,000 images is 280 MB. device: where the stages compute
-    (default: where inputs are; see layerwise.device.place for data kept in host memory)."""
+    (default: where inputs are; see layerwise.machine.device.place for data kept in host memory)."""
     stack, codes = Stack(), inputs
     for index, layer in enumerate(layers, start=1):
         # a stage function of your own is called as StageFn says; device is passed only when given

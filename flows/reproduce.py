@@ -1,0 +1,274 @@
+"""`layerwise reproduce` (`make reproduce`): every command behind docs/claims.csv run afresh, then each
+claim against the value measured now.
+
+The commands run one after the other, in the file's order (runs that share stored stages and cells
+are listed together, the one that trains them first), each as its own `layerwise run` process in
+the same MLflow store, so a later run reuses what an earlier one trained. A finished command is
+recorded (its MLflow run) in the work folder's reproduce/state.json: a call stopped half way (Ctrl-C,
+a failure, a reboot) resumes with the first command not finished, and a grid stopped half way keeps
+its finished cells in the cell store. Progress: each command's own lines, and the time left from
+the walls the claims state (or earlier calls measured).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from layerwise.config import ConfigError, load_pipeline
+from layerwise.paths import PROJECT_ROOT, work_root
+from layerwise.report.claims import COMMAND_SECONDS, Claim, ClaimsError, Job, jobs, read_claims, results_table
+from layerwise.report.sections import labels, rewrite_file
+
+RUN_ID = re.compile(r"MLflow parent run ([0-9a-f]{32})")
+REPRODUCE_SECTION = "reproduce"
+STOP_WAIT_S = 120  # an interrupted command marks its runs KILLED before it exits
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def job_overrides(job: Job, source: str) -> list[str]:
+    """The --set values of a job's arguments (the only option a claim's command may carry besides
+    --device)."""
+    parser = argparse.ArgumentParser(prog=job.line(), add_help=False, exit_on_error=False)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--device", default=None)
+    try:
+        parsed, rest = parser.parse_known_args(list(job.args))
+    except argparse.ArgumentError as exc:
+        raise ClaimsError(f"{source}: `{job.line()}`: {exc}") from None
+    if rest:
+        raise ClaimsError(f"{source}: `{job.line()}`: only --set and --device may follow the pipeline, not {rest}")
+    return parsed.overrides + ([f"device={parsed.device}"] if parsed.device else [])
+
+
+def job_key(job: Job, config: str, source: str) -> str:
+    """What decides a command's result: its command and its pipeline as resolved (--set applied).
+    Checked here: a claim naming a pipeline or key that does not exist is bad input (exit 2)."""
+    try:
+        cfg = load_pipeline(job.pipeline, config, job_overrides(job, source))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: `{job.line()}`: {exc}") from None
+    text = json.dumps({"command": job.command, "pipeline": job.pipeline, "config": cfg.model_dump()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class State:
+    """Finished commands by tracking store and job key: {uri: {key: {run_id, seconds, line, finished}}}."""
+
+    def __init__(self, uri: str):
+        self.path, self.uri = work_root() / "reproduce" / "state.json", uri
+        self.all = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.runs = self.all.setdefault(uri, {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.all, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def _finished(client, run_id: str) -> bool:
+    try:
+        return client.get_run(run_id).info.status == "FINISHED"
+    except Exception:  # noqa: BLE001 - a run deleted from the store: run the command again
+        return False
+
+
+class Ticker:
+    """Every `every` seconds while a command runs: how long it has run and the time left in all."""
+
+    def __init__(self, every: float, job: Job, expected: Optional[float], after: float):
+        self.every, self.job, self.expected, self.after = every, job, expected, after
+        self.started, self.stop = time.monotonic(), threading.Event()
+        self.thread = threading.Thread(target=self._tick, name="reproduce-ticker", daemon=True)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every):
+            elapsed = time.monotonic() - self.started
+            left = None if self.expected is None else max(self.expected - elapsed, 0) + self.after
+            print(f"reproduce: {duration(elapsed)} into `{self.job.line()}` (expected {duration(self.expected)}); "
+                  f"about {duration(left)} left in all", flush=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+
+def run_job(job: Job, config: str, data_root: Optional[str], tick: float, expected: Optional[float],
+            after: float) -> tuple[Optional[str], float, str]:
+    """Runs the command as its own process (its own session: a Ctrl-C reaches it once, from here),
+    its output passed through. Returns (the MLflow parent run, the command's wall seconds, why it
+    failed)."""
+    command = [sys.executable, "-m", "flows", job.command, job.pipeline, *job.args, "--config", config]
+    if data_root:
+        command += ["--data-root", data_root]
+    started, run_id, last_error = time.monotonic(), None, ""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                               start_new_session=True)
+    try:
+        with Ticker(tick, job, expected, after):
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                found = RUN_ID.search(line)
+                run_id = found.group(1) if found else run_id
+                if line.startswith(("error:", "failed:")):
+                    last_error = line.strip()
+            code = process.wait()
+    except BaseException:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        raise
+    seconds = time.monotonic() - started
+    if code != 0:
+        return None, seconds, f"exit {code}" + (f": {last_error}" if last_error else "")
+    if run_id is None:
+        return None, seconds, "it printed no MLflow parent run"
+    return run_id, seconds, ""
+
+
+def measure(claims: list[Claim], runs: dict[Job, dict], uri: str) -> dict[Claim, Optional[float]]:
+    """Each claim's value in its command's run (its report page's values, or the command's wall)."""
+    from tasks.experiments import read_page
+
+    pages, measured = {}, {}
+    for claim in claims:
+        record = runs.get(claim.job)
+        if record is None:
+            measured[claim] = None
+            continue
+        if claim.metric == COMMAND_SECONDS:
+            measured[claim] = record["seconds"]
+            continue
+        if claim.job not in pages:
+            pages[claim.job] = read_page(claim.job.pipeline, uri, record["run_id"])
+        value = pages[claim.job].values.get(claim.metric)
+        if value is None:
+            print(f"reproduce: line {claim.line}: run {record['run_id']} has no value '{claim.metric}' (its report's "
+                  f"names: {', '.join(list(pages[claim.job].values)[:12])}, ...)", flush=True)
+        measured[claim] = value
+    return measured
+
+
+def machine() -> str:
+    import torch
+
+    from layerwise.machine.cpu import processor_name
+
+    try:
+        commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{processor_name()}, {os.cpu_count()} logical CPUs, {gpu}; {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}" + (f"; code {commit}" if commit else ""))
+
+
+def write_docs(into: str, runs: dict[Job, dict], uri: str, summary: Optional[str]) -> None:
+    """The sections of `into` that name a measured command (report:PIPELINE, or PIPELINE ARGS), and
+    with summary (a full reproduce) the report:reproduce section."""
+    from flows.reporting import section_body
+    from tasks.experiments import read_page
+
+    present = set(labels(Path(into).read_text()))
+    for job, record in runs.items():
+        if job.label in present:
+            page = read_page(job.pipeline, uri, record["run_id"], job.command == "sweep")
+            rewrite_file(into, job.label, section_body(page, "make reproduce"))
+            print(f"{into}: section report:{job.label} rewritten from MLflow run {record['run_id']}")
+    if summary is not None and REPRODUCE_SECTION in present:
+        rewrite_file(into, REPRODUCE_SECTION, summary)
+        print(f"{into}: section report:{REPRODUCE_SECTION} rewritten")
+
+
+def cmd_reproduce(args) -> int:
+    from tasks.tracking import client, tracking_uri
+
+    claims = read_claims(args.claims)
+    only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
+    unknown = sorted(set(only) - {claim.job.pipeline for claim in claims})
+    if unknown:
+        raise ClaimsError(f"{args.claims}: no claim of pipeline(s) {', '.join(unknown)} (ONLY names pipelines of the file)")
+    chosen = [claim for claim in claims if not only or claim.job.pipeline in only]
+    todo = jobs(chosen)
+    keys = {job: job_key(job, args.config, str(args.claims)) for job in todo}
+    if args.into and not Path(args.into).is_file():
+        raise ClaimsError(f"--into {args.into}: no such file")
+    uri = tracking_uri()
+    state = State(uri)
+    if args.fresh:
+        state.runs.clear()
+    mlf = client() if state.runs else None
+    runs = {job: state.runs[keys[job]] for job in todo
+            if keys[job] in state.runs and _finished(mlf, state.runs[keys[job]]["run_id"])}
+    stated = {claim.job: claim.value for claim in chosen if claim.metric == COMMAND_SECONDS}
+    earlier = {record["line"]: record["seconds"] for record in state.runs.values()}  # the same line, older config
+    expected = {job: state.runs.get(keys[job], {}).get("seconds", earlier.get(job.line(), stated.get(job)))
+                for job in todo}
+    left = lambda after: sum(expected[j] or 0 for j in todo[after:] if j not in runs)  # noqa: E731
+    print(f"reproduce: {len(chosen)} claim(s) of {args.claims} measured by {len(todo)} command(s) in MLflow {uri}; "
+          f"{len(runs)} finished by an earlier call, {len(todo) - len(runs)} to run, about {duration(left(0))}"
+          + ("" if all(expected[j] is not None for j in todo if j not in runs) else " (and some of unknown length)"),
+          flush=True)
+    started, failures = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), {}
+    for index, job in enumerate(todo, 1):
+        if job in runs:
+            print(f"[{index}/{len(todo)}] `{job.line()}`: finished by an earlier call (MLflow run "
+                  f"{runs[job]['run_id']}), not run again", flush=True)
+            continue
+        print(f"[{index}/{len(todo)}] `{job.line()}`: starting, expected {duration(expected[job])}; about "
+              f"{duration(left(index - 1))} left in all", flush=True)
+        try:
+            run_id, seconds, failure = run_job(job, args.config, args.data_root, args.tick, expected[job], left(index))
+        except BaseException:
+            print(f"reproduce: interrupted during `{job.line()}`; the {len(runs)} finished command(s) are kept: "
+                  f"`make reproduce` again resumes", file=sys.stderr, flush=True)
+            raise
+        if failure:
+            failures[job] = failure
+            print(f"[{index}/{len(todo)}] `{job.line()}` failed ({failure}) after {duration(seconds)}: its claims "
+                  f"are not measured; the next command runs", flush=True)
+            continue
+        runs[job] = state.runs[keys[job]] = {"run_id": run_id, "seconds": seconds, "line": job.line(),
+                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        state.save()
+        print(f"[{index}/{len(todo)}] `{job.line()}` done in {duration(seconds)} (MLflow run {run_id}); about "
+              f"{duration(left(index))} left", flush=True)
+    measured = measure(chosen, runs, uri)
+    table, within, outside, missing = results_table(chosen, measured)
+    verdict = (f"{within} of {len(chosen)} claim(s) within tolerance, {outside} outside, {missing} not measured"
+               + (" (" + "; ".join(f"`{j.line()}`: {why}" for j, why in failures.items()) + ")" if failures else ""))
+    print("\n" + table + "\n" + verdict, flush=True)
+    if args.into:
+        summary = None if only else (
+            f"_Written by `make reproduce`, never by hand: its last full call, started {started} and ended "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {machine()}. {verdict}._\n\n{table}")
+        write_docs(args.into, runs, uri, summary)
+    return 0 if outside == missing == 0 else 1
