@@ -131,8 +131,8 @@ def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, check
                 _take_stock(study, run)
             done, others = finished(study), len(running(study))
             log.info(f"study {study_id} in {shown_storage(url)}: {done} of {sweep.trials} trials finished"
-                     + (" (resumed)" if parent["resumed"] else "")
-                     + (f"; {others} running in other workers, joined" if others else ""))
+                     + (" (joined the workers running it" + (f": {others} trial(s) running)" if others else ")")
+                        if parent["joined"] else " (resumed)" if parent["resumed"] else ""))
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
             told = _run_trials(study, storage, run, raw, checked, config_path, data, objective)
             last = last_finished(study)

@@ -64,7 +64,7 @@ def make_storage(sweep: SweepConfig, url: str) -> RDBStorage:
     gone) is failed by the next worker that takes stock and asked again with the same values
     (Optuna's RetryHeartbeatStaleTrialCallback), at most STALE_RETRIES times."""
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}  # a server may drop idle connections
-    with _settled_api():
+    with _settled_api(), _schema_lock(url):
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=sweep.heartbeat, grace_period=sweep.grace_period,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=STALE_RETRIES))
 
@@ -99,30 +99,49 @@ def open_study(sweep: SweepConfig, name: str, storage: Union[str, RDBStorage], m
     return study
 
 
-@contextlib.contextmanager
-def study_lock(storage: RDBStorage, name: str) -> Iterator[None]:
+def study_lock(storage: RDBStorage, name: str) -> contextlib.AbstractContextManager:
     """Serialises, between every worker of study NAME (threads, processes, hosts), the counting of
     its trials and the asking of new ones, so that together they start exactly the trials still
-    missing and re-ask a dead worker's trial once. PostgreSQL: an advisory lock (the server frees
-    it when a worker dies); sqlite: a file lock beside the database (one host); any other
-    database: none (run one worker per study there)."""
-    dialect = storage.engine.dialect.name
-    if dialect == "postgresql":
+    missing and re-ask a dead worker's trial once."""
+    return _database_lock(storage.engine, f"study:{name}")
+
+
+@contextlib.contextmanager
+def _database_lock(engine, name: str) -> Iterator[None]:
+    """PostgreSQL: an advisory lock (the server frees it when its holder dies); sqlite: a file lock
+    beside the database (one host); any other database: none (run one worker per study there)."""
+    if engine.dialect.name == "postgresql":
         from sqlalchemy import text
 
-        key = int.from_bytes(hashlib.sha256(f"layerwise-study:{name}".encode()).digest()[:8], "big", signed=True)
-        with storage.engine.connect() as con:
+        key = int.from_bytes(hashlib.sha256(f"layerwise-{name}".encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as con:
             con.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
                 yield
             finally:
                 con.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 con.commit()
-    elif dialect == "sqlite" and storage.engine.url.database not in (None, "", ":memory:"):
-        with file_lock(Path(storage.engine.url.database).with_name(Path(storage.engine.url.database).name + ".lock")):
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        database = Path(engine.url.database)
+        with file_lock(database.with_name(f"{database.name}.{name.split(':')[0]}.lock")):
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Optuna creates its tables on first use; two workers doing it at once collide (a duplicate
+    type or table), so the first use of a database is taken one worker at a time."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with _database_lock(engine, "schema"):
+            yield
+    finally:
+        engine.dispose()
 
 
 class Heartbeat:

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--s3-endpoint", metavar="URL", help="an S3-compatible store's endpoint (MinIO, moto)")
     up.add_argument("--mlflow-workers", type=int, metavar="N", help="the MLflow server's worker processes (default 2)")
     sub.add_parser("down", help="stop the servers and PostgreSQL, by pid; the data stays")
+    sub.add_parser("check", help="is PostgreSQL's server here? (one line; exit 2 when not)")
     sub.add_parser("status", help="what runs, where")
     user = sub.add_parser("user", help="an MLflow account for a teammate, and team/users/NAME.env for them to source")
     user.add_argument("name")
@@ -139,7 +140,7 @@ def cmd_down(args) -> int:
         if pid:
             stopped.append(f"postgres (pid {pid})")
     print(("team: stopped " + ", ".join(stopped)) if stopped else "team: nothing was running",
-          f"; the data stays in {team.root}" if team.root.exists() else "")
+          end=f"; the data stays in {team.root}\n" if team.root.exists() else "\n")
     return EXIT_OK
 
 
@@ -155,6 +156,11 @@ def cmd_status(args) -> int:
         process = services.running(team, service)
         lines.append(f"{service:<9} {'pid ' + str(process.pid) if process else 'stopped'}  {settings.url(service)}")
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    print(f"team: PostgreSQL's server programs are in {postgres.programs()}")
     return EXIT_OK
 
 
@@ -181,7 +187,8 @@ def cmd_grant(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "user": cmd_user, "grant": cmd_grant}
+    commands = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "user": cmd_user, "grant": cmd_grant,
+                "check": cmd_check}
     try:
         return commands[args.command](args)
     except TeamError as exc:

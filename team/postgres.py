@@ -17,6 +17,7 @@ from team.layout import DATABASES, DB_ROLE, Settings, Team, TeamError
 SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = ("install PostgreSQL's server: Debian/Ubuntu `apt-get install postgresql`, Fedora `dnf install "
                 "postgresql-server`, macOS `brew install postgresql@15`")
+DEBIAN_PROGRAMS = Path("/usr/lib/postgresql")  # Debian's VERSION/bin folders, off PATH
 OS_USER = "postgres"  # who runs the server when root starts it
 SOCKET_PATH_MAX = 107  # sun_path
 
@@ -24,8 +25,7 @@ SOCKET_PATH_MAX = 107  # sun_path
 def programs() -> Path:
     """The folder holding initdb, pg_ctl and postgres (Debian keeps them off PATH)."""
     found = shutil.which("pg_ctl")
-    folders = ([Path(found).resolve().parent] if found else []) + sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                                                                        reverse=True)
+    folders = ([Path(found).resolve().parent] if found else []) + sorted(DEBIAN_PROGRAMS.glob("*/bin"), reverse=True)
     for folder in folders:
         if all((folder / name).exists() for name in SERVER_PROGRAMS):
             return folder

@@ -19,7 +19,7 @@ from team.layout import ADMIN, DB_ROLE, LOOPBACK, Settings, Team, TeamError
 
 VENV_BIN = Path(sys.executable).parent
 SERVICES = ("mlflow", "prefect")
-START_TIMEOUT_S = 180  # a fresh database is migrated first (Prefect's: about a minute on a busy machine)
+START_TIMEOUT_S = 600  # a fresh database is migrated first (Prefect's: minutes on a machine busy with training)
 
 
 def running(team: Team, service: str) -> Optional[psutil.Process]:
