@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 import psutil
@@ -17,7 +16,7 @@ import requests
 
 from team.layout import ADMIN, DB_ROLE, LOOPBACK, Settings, Team, TeamError
 
-VENV_BIN = Path(sys.executable).parent
+PYTHON = sys.executable  # the servers run from this environment (`python -m mlflow`, `python -m prefect`)
 SERVICES = ("mlflow", "prefect")
 START_TIMEOUT_S = 600  # a fresh database is migrated first (Prefect's: minutes on a machine busy with training)
 
@@ -56,7 +55,7 @@ def write_auth_ini(team: Team, settings: Settings) -> None:
 
 def _mlflow_command(team: Team, settings: Settings) -> list[str]:
     destination = settings.artifacts or str(team.artifacts)
-    command = [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", settings.bind,
+    command = [PYTHON, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", settings.bind,
                "--port", str(settings.ports["mlflow"]), "--backend-store-uri", _db_url(settings, "mlflow"),
                "--artifacts-destination", destination, "--workers", str(settings.mlflow_workers)]
     if settings.exposed:  # MLflow answers only requests addressed to a name it knows (DNS rebinding)
@@ -66,7 +65,7 @@ def _mlflow_command(team: Team, settings: Settings) -> list[str]:
 
 
 def _prefect_command(settings: Settings) -> list[str]:
-    return [str(VENV_BIN / "prefect"), "server", "start", "--host", settings.bind,
+    return [PYTHON, "-m", "prefect", "server", "start", "--host", settings.bind,
             "--port", str(settings.ports["prefect"]), "--analytics-off"]
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from conftest import REPO
-from servers import VENV_BIN, Process, base_env, free_port, wait_healthy
+from servers import Process, base_env, free_port, wait_healthy
 
 BUCKET = "layerwise-team"
 AWS = {"AWS_ACCESS_KEY_ID": "moto-test", "AWS_SECRET_ACCESS_KEY": "moto-test", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -68,7 +68,7 @@ def team_up(request):
                                {s: free_port() for s in ("postgres", "mlflow", "prefect", "s3")}, "")
     under_test.s3_endpoint = f"http://127.0.0.1:{under_test.ports['s3']}"
     keep = False
-    moto = Process([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(under_test.ports["s3"])],
+    moto = Process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(under_test.ports["s3"])],
                    base_env(**AWS), under_test.logs / "moto.log")
     try:
         wait_healthy(f"{under_test.s3_endpoint}/moto-api/", moto, timeout=300)

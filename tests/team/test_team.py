@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import REPO
-from servers import VENV_BIN, free_port
+from servers import free_port
 from team_servers import BUCKET, TeamUnderTest, s3_keys, team_up  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_sign_in_pipelines_serve_and_permissions(team_up, tmp_path):
                             team_up.env(alice, PREFECT_RUNNER_POLL_FREQUENCY="2"))
     try:
         serve.wait_for("serving 1 deployment(s)", timeout=400)
-        deploy = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "run", "layerwise/smoke", "--watch",
+        deploy = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "layerwise/smoke", "--watch",
                                  "--watch-timeout", "900"], cwd=REPO, env=team_up.env(alice), capture_output=True,
                                 text=True, timeout=950)
         assert deploy.returncode == 0 and "Completed" in deploy.stdout, deploy.stdout[-3000:] + serve.output()[-3000:]
@@ -226,11 +226,11 @@ def test_eight_cells_at_once_on_dask_every_run_param_and_metric_arrives(team_up,
     port, sent_dir = free_port(), tmp_path / "sent"
     sent_dir.mkdir()
     env = team_up.env(LAYERWISE_SENT_DIR=str(sent_dir))
-    scheduler = team_up.process("dask-scheduler", [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1",
+    scheduler = team_up.process("dask-scheduler", [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
                                                    "--port", str(port), "--no-dashboard"], env)
     # 2 worker processes of 4 threads: 8 cells at once, each logging on its own, with a quarter of
     # the start-up (every worker process imports torch, Prefect and MLflow) of 8 processes
-    workers = team_up.process("dask-workers", [str(VENV_BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}",
+    workers = team_up.process("dask-workers", [sys.executable, "-m", "dask", "worker", f"tcp://127.0.0.1:{port}",
                                                "--nworkers", "2", "--nthreads", "4", "--no-dashboard",
                                                "--memory-limit", "0", "--preload", str(SENT)], env)
     try:
