@@ -57,7 +57,10 @@ def _mlflow_command(team: Team, settings: Settings) -> list[str]:
     destination = settings.artifacts or str(team.artifacts)
     command = [PYTHON, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", settings.bind,
                "--port", str(settings.ports["mlflow"]), "--backend-store-uri", _db_url(settings, "mlflow"),
-               "--artifacts-destination", destination, "--workers", str(settings.mlflow_workers)]
+               "--artifacts-destination", destination, "--workers", str(settings.mlflow_workers),
+               # uvicorn restarts a worker that has not answered its health check in 5 s; one still
+               # importing MLflow on a machine busy with training takes longer, and it would restart forever
+               "--uvicorn-opts", "--timeout-worker-healthcheck 120"]
     if settings.exposed:  # MLflow answers only requests addressed to a name it knows (DNS rebinding)
         names = {settings.advertise, settings.bind, "localhost", "127.0.0.1"}
         command += ["--allowed-hosts", ",".join(sorted(names | {f"{name}:*" for name in names}))]
