@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 # serve talks to the server `make server` starts unless PREFECT_API_URL already points elsewhere
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install run test test-fast bench bench-gpu clean ui server serve mlflow-server
+.PHONY: install run test test-fast test-team team-up team-down bench bench-gpu clean ui server serve mlflow-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# team mode's extra packages (pyproject's `team` extra), installed on first use
+$(VENV)/.team-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,team]'
+	touch $@
 
 run: install
 	$(VENV)/bin/layerwise run $(PIPELINE) $(ARGS)
@@ -34,6 +39,12 @@ test: install
 # flow or reads the full MNIST (those are marked slow). Under a minute on 2 cores; CI runs make test.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Team mode for real (CI runs it after make test): PostgreSQL, MLflow with sign-in and Prefect on loopback
+# ports, two sweep workers (one killed), 8 ablation cells on a Dask cluster; about 8 min on 2 cores.
+test-team: $(VENV)/.team-installed
+	$(PY) -m team check
+	$(PY) -m pytest -q --team tests/team
 
 # Not part of make test: speed, overhead, reuse, memory, scaling, and the whole `layerwise run quickstart`
 # against a bare PyTorch script, and the CPU section (ISA, fp32/bf16 peaks, quickstart in bf16): about 25 min
@@ -60,6 +71,14 @@ serve: install
 mlflow-server: install
 	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(abspath mlruns/mlflow.db) --artifacts-destination $(abspath mlruns/artifacts)
+
+# Team mode on real servers (docs/operating.md#team-mode): PostgreSQL, MLflow with sign-in and Prefect under
+# .layerwise/team/, loopback unless ARGS="--bind ADDR"; team-down stops them (the data stays)
+team-up: $(VENV)/.team-installed
+	$(PY) -m team up $(ARGS)
+
+team-down: $(VENV)/.team-installed
+	$(PY) -m team down
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns/mlflow.db)

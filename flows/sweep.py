@@ -5,14 +5,16 @@ stored, so a killed sweep started again continues it. The best configuration the
 with its test error measured (the sweep's final run) and is written out as best.yaml."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import optuna
+from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 from prefect import flow, runtime
 
@@ -24,19 +26,22 @@ from layerwise.config import ConfigError, baseline_values, trial_raw, validate_p
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
-from layerwise.report.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
-                              plot_importance, recover, study_name, suggest, trials_table)
+from layerwise.report.search import (DIED_ATTR, PROCESS_ATTR, Heartbeat, ask, best_trial, counted_trials, finished,
+                              last_finished, make_storage, mark_running, open_study, plot_history, plot_importance,
+                              recover, running, shown_storage, stale_retried, study_lock, study_name, suggest,
+                              trials_table)
 from tasks import tracking
 from tasks.context import RunContext, Trial
 from tasks.data import prepare_data
 from tasks.logs import run_logger
 from tasks.report import publish_report
-from tasks.runs import NOTE_TAG, system_metrics
+from tasks.runs import NOTE_TAG, scratch_in_use, system_metrics
 from tasks.uninterrupted import interrupts_held
-from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
-    run_trial
+from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, end_trial_runs, \
+    open_sweep_run, record_sweep, run_trial
 
 POLL_S = 0.2  # how often the sweep looks for a finished trial
+WAIT_S = 2.0  # how often a worker with a free slot looks at the study (others' trials ending, a dead one's)
 
 
 @dataclass
@@ -68,7 +73,8 @@ class SweepResult:
 def _study_payload(cfg, raw: dict) -> dict:
     """What decides the study: the pipeline as written (minus the sweep's run settings) and the search
     (minus how many of the trials still to come are drawn at random)."""
-    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run", "final_set", "startup_trials"})
+    sweep = cfg.sweep.model_dump(exclude={"trials", "workers", "storage", "final_run", "final_set", "startup_trials",
+                                          "heartbeat", "grace_period"})
     return {"pipeline": {k: v for k, v in raw.items() if k != "sweep"}, "sweep": sweep}
 
 
@@ -101,87 +107,158 @@ def _final_done(mlf, experiment_id: str, sweep_run_id: str) -> Optional[str]:
 
 @flow(name="layerwise-sweep", flow_run_name="{pipeline}-sweep", log_prints=True, validate_parameters=False)
 def layerwise_sweep(pipeline: str, overrides: list[str], config_path: str, checked: CheckedRun) -> SweepResult:
-    """Runs pipeline NAME's sweep to sweep.trials finished trials (continuing its stored study),
-    then the best configuration once with its test error measured."""
+    """Runs pipeline NAME's sweep to sweep.trials finished trials (continuing its stored study, beside
+    any other worker running it), then the best configuration once with its test error measured."""
     cfg, sweep, raw = checked.cfg, checked.cfg.sweep, checked.raw  # read and checked once, by check_run
     objective = sweep.objective_for(cfg.unroll is not None)
     study_id = study_name(pipeline, _study_payload(cfg, raw))
-    storage = sweep.storage or default_storage()
+    url = sweep.storage or default_storage()
+    storage = make_storage(sweep, url)
     study = open_study(sweep, study_id, storage, MAXIMISE[objective],
                        baseline_values(raw, sweep.space) if sweep.baseline else None)
-    parent = open_sweep_run(pipeline, cfg, study_id, storage, objective, checked.device,
-                            str(runtime.flow_run.id or ""))
+    with study_lock(storage, study_id):  # two workers starting at once: one parent run
+        parent = open_sweep_run(pipeline, cfg, study_id, url, objective, checked.device,
+                                str(runtime.flow_run.id or ""))
     run = RunContext(parent["run_id"], parent["experiment_id"], pipeline,
                      work_root() / "runs" / f"{parent['run_id']}-{uuid.uuid4().hex[:6]}", checked.device)
     log = run_logger()
     mlf = tracking.client()
     try:
-        with tracking.run_status(mlf, run.parent_run_id), system_metrics(run.parent_run_id, cfg.system_metrics):
-            again = recover(study, tracking.process_alive)
-            if again:
-                log.warning(f"trial(s) {', '.join(map(str, again))} did not finish (their process died or was "
-                            f"interrupted): marked FAIL and asked again with the same values")
-            log.info(f"study {study_id} in {storage}: {finished(study)} of {sweep.trials} trials finished"
-                     + (" (resumed)" if parent["resumed"] else ""))
+        # the parent's system metrics are the first worker's (several would write the same steps)
+        with scratch_in_use(run.workdir), _shared_parent(mlf, study, run.parent_run_id), \
+                system_metrics(run.parent_run_id, 0 if parent["joined"] else cfg.system_metrics):
+            with study_lock(storage, study_id):
+                _take_stock(study, run)
+            done, others = finished(study), len(running(study))
+            log.info(f"study {study_id} in {shown_storage(url)}: {done} of {sweep.trials} trials finished"
+                     + (" (joined the workers running it" + (f": {others} trial(s) running)" if others else ")")
+                        if parent["joined"] else " (resumed)" if parent["resumed"] else ""))
             data = prepare_data(checked.data_root, cfg.data, str(run.workdir))
-            _run_trials(study, run, raw, checked, config_path, data, objective)
+            told = _run_trials(study, storage, run, raw, checked, config_path, data, objective)
+            last = last_finished(study)
+            if done < sweep.trials and last is not None and last.number not in told:
+                log.info(f"the study has its {sweep.trials} trials; the worker that told the last one (trial "
+                         f"{last.number}, process {last.user_attrs.get(PROCESS_ATTR)}) writes the summary and "
+                         f"runs the final run (if it dies first, run this command again)")
+                return SweepResult(pipeline, run.parent_run_id, run.experiment_id, study_id, objective, _rows(study),
+                                   *_best(study))
+            mlf.set_tag(run.parent_run_id, tracking.PROCESS_TAG, tracking.this_process())  # the concluding worker's
             result = _conclude(study, run, raw, checked, objective, study_id)
             publish_report(run.parent_run_id, pipeline)  # the trials, the best and the final run
+            mlf.set_terminated(run.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
             return result
     finally:
         shutil.rmtree(run.workdir, ignore_errors=True)
 
 
-def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: str, data, objective: str) -> None:
-    """Ask, run and tell until the study has sweep.trials counted trials, sweep.workers at a time."""
+@contextlib.contextmanager
+def _shared_parent(mlf, study, run_id: str) -> Iterator[None]:
+    """The sweep's parent run is shared by its workers. One that fails or is stopped while others
+    still run trials hands the parent to one of them (it stays RUNNING: neither this worker's
+    interrupt handling nor a stale-run check ends it); the last one ends it FAILED or KILLED, as
+    tracking.run_status ends any run. FINISHED is the concluding worker's to write."""
+    try:
+        yield
+    except BaseException:
+        me = tracking.this_process()
+        owners = [t.user_attrs.get(PROCESS_ATTR, "") for t in running(study)]
+        other = next((o for o in owners if o and o != me and tracking.process_alive(o)), None)
+        if other:
+            mlf.set_tag(run_id, tracking.PROCESS_TAG, other)
+            raise
+        with tracking.run_status(mlf, run_id, finish=False):
+            raise  # ended FAILED (an error) or KILLED (an interrupt)
+
+
+def _take_stock(study, run: RunContext) -> None:
+    """Under the study lock: the trials of workers that died (here or, by their heartbeats, on
+    any host) or were interrupted are failed and asked again, their MLflow runs end KILLED, and
+    the parent is owned by a live worker (this one) again."""
+    again = recover(study, tracking.process_alive)
+    if not again:
+        return
+    run_logger().warning(f"trial(s) {', '.join(map(str, again))} did not finish (their process died or was "
+                         f"interrupted): marked FAIL and asked again with the same values")
+    end_trial_runs(run.experiment_id, study.study_name, again)
+    mlf = tracking.client()
+    mlf.update_run(run.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    mlf.set_tag(run.parent_run_id, tracking.PROCESS_TAG, tracking.this_process())
+
+
+def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun, source: str, data,
+                objective: str) -> set[int]:
+    """Ask, run and tell until the study has sweep.trials counted trials: sweep.workers at a time
+    in this process, beside any other workers on the same study (other shells, other hosts). The
+    asking is serialised between them by the study lock, so together they start exactly the
+    trials still missing; a worker with nothing left to ask waits for the others' trials (and
+    runs a dead worker's again). Returns the numbers of the trials this process told."""
     sweep, log = checked.cfg.sweep, run_logger()
-    pending: dict = {}  # future -> optuna trial
+    pending: dict = {}  # future -> (optuna trial, its Heartbeat)
+    told: set[int] = set()
+    look = 0.0  # when to take stock of the study next (at once after a trial of ours ends)
     training.stop_requested.clear()
     try:
         while True:
-            with interrupts_held():  # Optuna's sqlite writes, like MLflow's, must not be cut in half
-                while len(pending) < sweep.workers and finished(study) + len(pending) < sweep.trials:
-                    trial = study.ask()
-                    mark_running(trial, tracking.this_process())
-                    params = suggest(trial, sweep.space)
-                    try:
-                        cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
-                    except ConfigError as exc:  # e.g. a label count the drawn values make impossible
-                        log.warning(f"trial {trial.number}: {exc}")
-                        study.tell(trial, state=TrialState.FAIL)
-                        continue
-                    hooks = Trial(trial.number, study.study_name, params,
-                                  _pruner_callback(trial, objective) if sweep.pruning else None)
-                    future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
-                        run, cfg, hooks, data, checked.fingerprint, objective)
-                    pending[future] = trial
-            if not pending:
-                return
+            if len(pending) < sweep.workers and time.monotonic() >= look:
+                # Optuna's sqlite writes, like MLflow's, must not be cut in half
+                with interrupts_held(), study_lock(storage, study.study_name):
+                    _take_stock(study, run)
+                    while len(pending) < sweep.workers and finished(study) + len(running(study)) < sweep.trials:
+                        trial = ask(study)
+                        mark_running(trial, tracking.this_process())
+                        params = suggest(trial, sweep.space)
+                        try:
+                            cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
+                        except ConfigError as exc:  # e.g. a label count the drawn values make impossible
+                            log.warning(f"trial {trial.number}: {exc}")
+                            study.tell(trial, state=TrialState.FAIL)
+                            told.add(trial.number)
+                            continue
+                        hooks = Trial(trial.number, study.study_name, params,
+                                      _pruner_callback(trial, objective) if sweep.pruning else None)
+                        beat = Heartbeat(storage, trial._trial_id)
+                        future = run_trial.with_options(task_run_name=f"trial-{trial.number}").submit(
+                            run, cfg, hooks, data, checked.fingerprint, objective)
+                        pending[future] = (trial, beat)
+                    if not pending and finished(study) >= sweep.trials:
+                        return told
+                look = time.monotonic() + WAIT_S
             time.sleep(POLL_S)
             for future in [f for f in pending if f.state.is_final()]:
+                trial, beat = pending[future]
                 with interrupts_held():
-                    _tell(study, pending[future], future, objective, sweep.trials)
+                    _tell(study, trial, future, objective, sweep.trials)
+                    beat.stop()
+                    told.add(trial.number)
                     del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
+                look = 0.0
     except BaseException:
         stop_workers(pending)  # the trials run in worker threads, which no signal reaches
-        for trial in pending.values():  # asked again when the sweep resumes
-            study._storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted")
+        for trial, beat in pending.values():  # asked again when the sweep resumes, or by another worker
+            beat.stop()
+            with contextlib.suppress(Exception):  # one another worker failed as stale meanwhile is finished
+                study._storage.set_trial_user_attr(trial._trial_id, DIED_ATTR, "interrupted")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
 
 
 def _tell(study, trial, future, objective: str, total: int) -> None:
     log = run_logger()
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        # its heartbeats were late past the grace period: another worker failed it and asks it again
+        log.warning(f"trial {trial.number} was failed as stale by another worker meanwhile (its heartbeat came "
+                    f"late): its result is dropped, the trial is asked again")
+        return
     try:
         value = future.result()
     except Pruned as exc:
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         log.info(f"trial {trial.number} pruned: {exc}")
     except Exception as exc:  # a diverged or broken trial: counted, the sweep goes on
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
     else:
-        study.tell(trial, value)
+        study.tell(trial, value, skip_if_finished=True)
         best = best_trial(study)
         log.info(f"trial {trial.number}: {objective} {value:.4f} ({finished(study)}/{total}); best so far "
                  f"{best.value:.4f} (trial {best.number})")
@@ -201,7 +278,7 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
         # what the final run runs and best.yaml holds: the best trial's values, then sweep.final_set
         best_cfg, best_raw = trial_config(run.pipeline, raw, best.params, checked, "best.yaml", cfg.sweep.final_set)
         best_text = best_yaml(run.pipeline, best_raw, cfg.sweep.final_set)
-    states = [t.state for t in study.get_trials(deepcopy=False) if counted(t)]
+    states = [t.state for t in counted_trials(study)]
     metrics = {"trials_finished": sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
                "trials_pruned": sum(s == TrialState.PRUNED for s in states),
                "trials_failed": sum(s == TrialState.FAIL for s in states)}
@@ -243,5 +320,12 @@ def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective:
 
 
 def _rows(study) -> list[dict]:
+    retried = stale_retried(study)
     return [{"number": t.number, "state": t.state.name, "objective": t.value, "params": t.params,
-             "died": t.user_attrs.get(DIED_ATTR)} for t in study.get_trials(deepcopy=False)]
+             "died": t.user_attrs.get(DIED_ATTR) or ("heartbeat stopped" if t.number in retried else None)}
+            for t in study.get_trials(deepcopy=False)]
+
+
+def _best(study) -> tuple[Optional[dict], Optional[float]]:
+    best = best_trial(study)
+    return (best.params, best.value) if best else (None, None)

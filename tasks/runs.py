@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import time
 import tempfile
@@ -49,11 +50,38 @@ def run_note(pipeline: str, cfg: PipelineConfig, outcome, wall_seconds: float) -
             f"- result: {outcome.headline()}\n- wall time {wall_seconds:.0f} s\n" + (f"\n{details.strip()}\n" if details else ""))
 
 
+IN_USE = ".in-use"  # a scratch folder's lock file, held by the process working in it
+
+
+@contextlib.contextmanager
+def scratch_in_use(folder: Path) -> Iterator[None]:
+    """Marks FOLDER as in use by this process (a shared lock on FOLDER/.in-use, which the kernel
+    drops when the process dies): remove_scratch leaves it alone. A sweep's workers name their
+    folders after the parent run they share; one of them dead must not take the others' with it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / IN_USE, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+
+
+def _in_use(folder: Path) -> bool:
+    try:
+        with open(folder / IN_USE) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
+
+
 def remove_scratch(run_ids: list[str]) -> None:
-    """The per-run scratch folders (codes, splits) that killed runs could not clean up."""
+    """The per-run scratch folders (codes, splits) that killed runs could not clean up (not one a
+    live process still works in: scratch_in_use)."""
     for run_id in run_ids:
         for folder in (work_root() / "runs").glob(f"{run_id}-*"):
-            shutil.rmtree(folder, ignore_errors=True)
+            if not _in_use(folder):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def experiment_for(mlf, pipeline: str) -> str:

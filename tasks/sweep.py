@@ -4,6 +4,7 @@ the best trial's parameters, best.yaml, trials.csv and the figures."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +18,7 @@ from layerwise.config import PipelineConfig, cells, flatten, needs_stack
 from layerwise.errors import Pruned
 from layerwise.machine.device import place
 from layerwise.paths import work_root
+from layerwise.report.search import shown_storage
 from layerwise.store.files import load_inputs
 from tasks import tracking
 from tasks.context import RunContext, Trial
@@ -33,8 +35,14 @@ FINAL_TAG = "layerwise.sweep_final"    # "true" on the one run of a sweep that r
 FINAL_SET_TAG = "layerwise.sweep_final_set"  # on the final run: what sweep.final_set changed (JSON)
 
 
+STORAGE_ENV = "LAYERWISE_SWEEP_STORAGE"  # the team's study database (python -m team up writes it to the env file)
+
+
 def default_storage() -> str:
-    """Optuna's database beside the MLflow store (a sqlite store's folder), else in the workdir."""
+    """$LAYERWISE_SWEEP_STORAGE, else Optuna's database beside the MLflow store (a sqlite store's
+    folder), else in the workdir."""
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
     db = tracking.sqlite_path(tracking.tracking_uri())
     folder = db.parent if db else work_root()
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,21 +57,25 @@ def sweep_title(pipeline: str, cfg: PipelineConfig, objective: str) -> str:
 def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str, objective: str,
                    device: str, flow_run_id: str = "") -> dict[str, Any]:
     """The sweep's parent run: the one this study already has (a resumed sweep: RUNNING again,
-    owned by this process), else a new one with the pipeline's and the sweep's settings as params.
-    Runs a dead process left RUNNING (its trial, that trial's stages) end KILLED first."""
+    owned by this process; a sweep another worker runs now: joined, its owner kept), else a new
+    one with the pipeline's and the sweep's settings as params. Runs a dead process left RUNNING
+    (its trial, that trial's stages) end KILLED first."""
     mlf = tracking.client()
     experiment_id = experiment_for(mlf, pipeline)
     found = mlf.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'sweep'",
                             order_by=["attributes.start_time ASC"], max_results=1)
     title = sweep_title(pipeline, cfg, objective)
     if found:
-        run_id = found[0].info.run_id
-        mlf.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=title)
-        mlf.set_tag(run_id, tracking.PROCESS_TAG, tracking.this_process())
-        mlf.set_tag(run_id, "layerwise.sweep_trials", str(cfg.sweep.trials))
-        return {"run_id": run_id, "experiment_id": experiment_id, "resumed": True}
+        run = found[0]
+        owner = run.data.tags.get(tracking.PROCESS_TAG, "")
+        joined = run.info.status == "RUNNING" and owner != tracking.this_process() and tracking.process_alive(owner)
+        if not joined:
+            mlf.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING), name=title)
+            mlf.set_tag(run.info.run_id, tracking.PROCESS_TAG, tracking.this_process())
+        mlf.set_tag(run.info.run_id, "layerwise.sweep_trials", str(cfg.sweep.trials))
+        return {"run_id": run.info.run_id, "experiment_id": experiment_id, "resumed": True, "joined": joined}
     tags = {tracking.PIPELINE_TAG: pipeline, tracking.DEVICE_TAG: device, KIND_TAG: "sweep", STUDY_TAG: study,
-            "layerwise.sweep_trials": str(cfg.sweep.trials), "layerwise.sweep_storage": storage}
+            "layerwise.sweep_trials": str(cfg.sweep.trials), "layerwise.sweep_storage": shown_storage(storage)}
     if flow_run_id:
         tags["prefect.flow_run_id"] = flow_run_id
     run_id = tracking.start_run(mlf, experiment_id, title, tags)
@@ -71,10 +83,29 @@ def open_sweep_run(pipeline: str, cfg: PipelineConfig, study: str, storage: str,
         space = {mlflow_key(key): {kind: bound for kind, bound in rng.model_dump().items() if bound is not None}
                  for key, rng in cfg.sweep.space.items()}
         tracking.log_params(mlf, run_id, {**flatten(cfg.model_dump(exclude={"sweep"})),
-                                          **flatten(cfg.sweep.model_dump(exclude={"trials", "workers", "space"}), "sweep"),
+                                          **flatten(cfg.sweep.model_dump(exclude={"trials", "workers", "space", "storage"}),
+                                                    "sweep"),  # the storage (its password masked) is a tag
                                           **flatten(space, "sweep.space"), "sweep.objective": objective,
                                           "sweep.study": study})
-    return {"run_id": run_id, "experiment_id": experiment_id, "resumed": False}
+    return {"run_id": run_id, "experiment_id": experiment_id, "resumed": False, "joined": False}
+
+
+def end_trial_runs(experiment_id: str, study: str, numbers: list[int]) -> list[str]:
+    """The MLflow runs of trials whose worker died (on any host: found by the study's heartbeats),
+    left RUNNING: the trial's run and every run under it end KILLED."""
+    mlf = tracking.client()
+    running = mlf.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+    dead = {str(n) for n in numbers}
+    ended = {r.info.run_id for r in running if r.data.tags.get(STUDY_TAG) == study
+             and r.data.tags.get(KIND_TAG) == "trial" and r.data.tags.get(TRIAL_TAG) in dead}
+    while True:  # their stage and fine-tune runs, nested any depth
+        below = {r.info.run_id for r in running if r.data.tags.get(tracking.PARENT_TAG) in ended} - ended
+        if not below:
+            break
+        ended |= below
+    for run_id in ended:
+        mlf.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return sorted(ended)
 
 
 def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tensor]:

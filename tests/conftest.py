@@ -20,6 +20,17 @@ SLOW_TESTS = {
 SLOW_FIXTURES = {"prefect_harness"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--team", action="store_true", help="run tests/team/ (make test-team): team mode on real "
+                     "PostgreSQL, MLflow and Prefect servers; left out of make test")
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name == "team" and collection_path.parent == REPO / "tests" and not config.getoption("--team"):
+        return True
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(config, items):
     found = set()

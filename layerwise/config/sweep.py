@@ -109,7 +109,12 @@ class SweepConfig(Strict):
     baseline: bool = Field(True, description="the first trial runs the pipeline's own values, where each lies "
                                              "in its range: the search starts from the recipe it improves")
     workers: int = Field(1, ge=1, le=64, description="trials at once (threads in this process)")
-    storage: Optional[str] = Field(None, description="Optuna storage URL; default: optuna.db beside the MLflow store")
+    storage: Optional[str] = Field(None, description="Optuna storage URL; default: $LAYERWISE_SWEEP_STORAGE, else "
+                                   "optuna.db beside the MLflow store")
+    heartbeat: int = Field(10, ge=1, le=3600, description="seconds between the heartbeats a running trial's worker "
+                           "writes to the study's database")
+    grace_period: int = Field(60, ge=2, le=86_400, description="seconds without a heartbeat after which a trial's "
+                              "worker counts as gone (killed, its host down): the trial is failed and asked again")
     final_run: bool = Field(True, description="run the best configuration once more with its test error measured "
                                               "(the only run of the sweep that reads the test split)")
     final_set: dict[str, Any] = Field(default_factory=dict, description=(
@@ -132,6 +137,13 @@ class SweepConfig(Strict):
                     raise ValueError(f"space.{key}: sampler grid: {exc}") from None
             if self.trials > size:
                 raise ValueError(f"sweep.trials is {self.trials} but the grid has {size} points")
+        return self
+
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeat(self):
+        if self.grace_period <= self.heartbeat:
+            raise ValueError(f"grace_period ({self.grace_period} s) must be longer than heartbeat ({self.heartbeat} s): "
+                             f"a live worker would count as gone between two heartbeats")
         return self
 
     @model_validator(mode="after")
