@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from layerwise.cache import content_key
@@ -16,7 +16,7 @@ from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.finetune import finetune
 from tasks.pretrain import StackFiles
-from tasks.logs import run_logger
+from tasks.logs import Countdown, run_logger
 from tasks.report import summarize_ablation
 from tasks.results import AblationResult, CellResult
 
@@ -58,6 +58,17 @@ def cell_key(cell: PipelineConfig, stage_keys: list[str], fingerprint: str, kind
                         "finetune": ft.model_dump(exclude={"scratch"})})
 
 
+def _report_cell(name: str, future, countdown: Countdown) -> None:
+    """One line for a cell that ended: its result (or failure), the cells done / total, time left."""
+    try:
+        cell: CellResult = future.result()
+    except Exception as exc:  # noqa: BLE001 - counted here; the grid fails after the others end
+        run_logger().warning(f"[grid] cell {name} failed: {type(exc).__name__}: {exc} · {countdown.finished()}")
+        return
+    outcome = cell.headline() + (" (reused)" if cell.reused else "")
+    run_logger().info(f"[grid] cell {name}: {outcome} · {countdown.finished(timed=not cell.reused)}")
+
+
 @flow(name="label-ablation", flow_run_name="{run.pipeline}-grid", validate_parameters=False)
 def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks: dict[str, StackFiles],
                    fingerprint: str) -> AblationResult:
@@ -74,8 +85,11 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
         task = finetune.with_options(task_run_name=f"finetune-{cell.cell_name()}")
         futures.append(task.submit(run.on(str(device)), cell, data, list(stack.weights), threads,
                                    cell_key(cell, list(stack.keys), fingerprint), register_model=False))
+    names = {future: cell.cell_name() for future, cell in zip(futures, cells)}
+    countdown = Countdown(len(cells), "cells")
     try:
-        wait(futures)
+        for future in as_completed(futures):  # a line per cell as it ends: how far the grid is
+            _report_cell(names[future], future, countdown)
     except BaseException:
         stop_workers(futures)
         raise

@@ -226,15 +226,39 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+UI_PORT = 5000  # where `mlflow ui` (and `make ui`) serves by default
+
+
+def ui_command(uri: str, prefix: str = sys.prefix) -> str:
+    """The command that opens a sqlite store in the MLflow UI, as it works when pasted on this
+    machine: `make ui` where it opens this very store with this very venv (the default store, run
+    from the checkout's .venv), else this venv's own mlflow by its full path (`mlflow` alone is
+    found only inside the venv). prefix: the running venv."""
+    import shlex
+    from pathlib import Path
+
+    from layerwise.paths import MLRUNS, PROJECT_ROOT
+
+    if (uri == f"sqlite:///{MLRUNS / 'mlflow.db'}" and (PROJECT_ROOT / "Makefile").exists()
+            and Path(prefix).resolve() == (PROJECT_ROOT / ".venv").resolve()):
+        return "make ui" if Path.cwd().resolve() == PROJECT_ROOT else f"make -C {shlex.quote(str(PROJECT_ROOT))} ui"
+    mlflow = Path(sys.executable).parent / "mlflow"
+    program = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
+    return shlex.join([*program, "ui", "--port", str(UI_PORT), "--backend-store-uri", uri])
+
+
 def summary(result, uri: str) -> str:
     """The run's headline, its retrieval precision, and where to open it in MLflow."""
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     headline = "\n" + result.headline()
     for space, found in result.retrieval.items():
         headline += "\nretrieval " + space + ": " + ", ".join(
             f"{key} {value:.4f}" for key, value in found.items() if key.startswith("precision"))
-    return (f"{headline}\nMLflow parent run {result.parent_run_id} in experiment '{result.pipeline}'.\n"
-            f"Open it: {ui}  then  #/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
+    page = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    if uri.startswith(("http://", "https://")):
+        where = f"Open it: {uri.rstrip('/')}/{page}"
+    else:
+        where = f"Open it: {ui_command(uri)}\nthen http://127.0.0.1:{UI_PORT}/{page}"
+    return f"{headline}\nMLflow parent run {result.parent_run_id} in experiment '{result.pipeline}'.\n{where}"
 
 
 def _interrupted() -> int:

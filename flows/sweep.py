@@ -24,12 +24,12 @@ from layerwise.config import ConfigError, baseline_values, load_raw, trial_raw, 
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
-from layerwise.search import (DIED_ATTR, best_trial, counted, finished, mark_running, open_study, plot_history,
-                              plot_importance, recover, study_name, suggest, trials_table)
+from layerwise.search import (DIED_ATTR, best_trial, counted, finished, mark_running, median_at, open_study,
+                              plot_history, plot_importance, recover, study_name, suggest, trials_table)
 from tasks import tracking
-from tasks.context import RunContext, Trial
+from tasks.context import PrunedTrial, RunContext, Trial
 from tasks.data import prepare_data
-from tasks.logs import run_logger
+from tasks.logs import Countdown, run_logger
 from tasks.runs import NOTE_TAG, system_metrics
 from tasks.uninterrupted import interrupts_held
 from tasks.sweep import FINAL_SET_TAG, FINAL_TAG, KIND_TAG, STUDY_TAG, best_yaml, default_storage, open_sweep_run, record_sweep, \
@@ -81,14 +81,25 @@ def trial_config(pipeline: str, raw: dict, params: dict, checked: CheckedRun, so
 
 
 def _pruner_callback(trial: optuna.Trial, objective: str):
-    """Reports each epoch's validation metric to Optuna; raises Pruned when the pruner says stop."""
+    """Reports each epoch's validation metric to Optuna; raises Pruned when the pruner says stop,
+    saying why in one line: the median rule stops a trial whose best value so far trails the
+    median of the finished trials at the same epoch."""
+    maximise = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    reported: list[float] = []
+
     def report(epoch_report) -> None:
         value = epoch_report.metrics.get(objective)
         if value is None:
             return
         trial.report(value, epoch_report.epoch)
+        reported.append(value)
         if trial.should_prune():
-            raise Pruned(f"trial {trial.number} pruned at epoch {epoch_report.epoch} ({objective} {value:.4f})")
+            best = max(reported) if maximise else min(reported)
+            median = median_at(trial.study, epoch_report.epoch)
+            raise Pruned(f"trial {trial.number} pruned at epoch {epoch_report.epoch}: {objective} {value:.4f}"
+                         + (f" (its best so far {best:.4f})" if best != value else "")
+                         + (f", {'below' if maximise else 'above'} the median {median:.4f} of the finished "
+                            f"trials at epoch {epoch_report.epoch}" if median is not None else ""))
     return report
 
 
@@ -134,6 +145,7 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
     """Ask, run and tell until the study has sweep.trials counted trials, sweep.workers at a time."""
     sweep, log = checked.cfg.sweep, run_logger()
     pending: dict = {}  # future -> optuna trial
+    countdown = Countdown(sweep.trials, "trials", finished(study))
     training.stop_requested.clear()
     try:
         while True:
@@ -145,8 +157,8 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
                     try:
                         cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
                     except ConfigError as exc:  # e.g. a label count the drawn values make impossible
-                        log.warning(f"trial {trial.number}: {exc}")
                         study.tell(trial, state=TrialState.FAIL)
+                        log.warning(f"trial {trial.number}: {exc} · {countdown.finished(timed=False)}")
                         continue
                     hooks = Trial(trial.number, study.study_name, params,
                                   _pruner_callback(trial, objective) if sweep.pruning else None)
@@ -158,7 +170,7 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
             time.sleep(POLL_S)
             for future in [f for f in pending if f.state.is_final()]:
                 with interrupts_held():
-                    _tell(study, pending[future], future, objective, sweep.trials)
+                    _tell(study, pending[future], future, objective, countdown)
                     del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
     except BaseException:
         stop_workers(pending)  # the trials run in worker threads, which no signal reaches
@@ -168,21 +180,24 @@ def _run_trials(study, run: RunContext, raw: dict, checked: CheckedRun, source: 
         raise
 
 
-def _tell(study, trial, future, objective: str, total: int) -> None:
+def _tell(study, trial, future, objective: str, countdown: Countdown) -> None:
+    """The trial's outcome to Optuna, and one line: its value (or why it was pruned, or failed),
+    the trials done / total and the time left."""
     log = run_logger()
     try:
         value = future.result()
-    except Pruned as exc:
-        study.tell(trial, state=TrialState.PRUNED)
-        log.info(f"trial {trial.number} pruned: {exc}")
     except Exception as exc:  # a diverged or broken trial: counted, the sweep goes on
         study.tell(trial, state=TrialState.FAIL)
-        log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
-    else:
-        study.tell(trial, value)
-        best = best_trial(study)
-        log.info(f"trial {trial.number}: {objective} {value:.4f} ({finished(study)}/{total}); best so far "
-                 f"{best.value:.4f} (trial {best.number})")
+        log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc} · {countdown.finished()}")
+        return
+    if isinstance(value, PrunedTrial):
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info(f"{value.message} · {countdown.finished()}")
+        return
+    study.tell(trial, value)
+    best = best_trial(study)
+    log.info(f"trial {trial.number}: {objective} {value:.4f}; best so far {best.value:.4f} (trial {best.number}) · "
+             f"{countdown.finished()}")
 
 
 def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective: str, study_id: str) -> SweepResult:

@@ -95,6 +95,16 @@ def recover(study: optuna.Study, alive: Callable[[str], bool]) -> list[int]:
     return again
 
 
+def median_at(study: optuna.Study, step: int) -> Optional[float]:
+    """The median of the finished (COMPLETE) trials' values reported at step: what the median rule
+    compares a running trial with (None before any finished trial reached that step)."""
+    import statistics
+
+    values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if step in t.intermediate_values]
+    return statistics.median(values) if values else None
+
+
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """A trial the sweep's count includes: finished (complete or pruned), or failed by its own
     config (diverged, invalid); not one whose process died, which is asked again."""

@@ -18,7 +18,7 @@ from layerwise.device import place
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
 from tasks import tracking
-from tasks.context import RunContext, Trial
+from tasks.context import PrunedTrial, RunContext, Trial, prunable
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets
 from tasks.logs import run_logger
@@ -84,12 +84,14 @@ def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tenso
 
 
 @task(name="sweep-trial")
+@prunable
 def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: DataFiles, fingerprint: str,
               objective: str) -> float:
     """One trial: the pipeline with the trial's values (cfg), tracked as a run nested under the
     sweep's parent (its stage runs and its fine-tune or unroll run nested under the trial's), judged
     on validation; returns the objective. Lower stages an earlier trial (or run) trained are reused
-    from the stage store. Raises Pruned when the pruner stops it (trial.on_epoch decides)."""
+    from the stage store. Returns a PrunedTrial when the pruner stops it (trial.on_epoch decides):
+    its run ends KILLED, tagged PRUNED."""
     from flows.ablation import cell_key
     from flows.pipeline import needs_stack, pretrain
     from tasks.finetune import finetune
@@ -113,12 +115,15 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
             if needs_stack(cfg):
                 stack, _ = pretrain(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
             if cfg.unroll:
-                value = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
-                    run, cfg, data, stack, trial).val_sq_error
+                outcome = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
+                    run, cfg, data, stack, trial)
             else:
                 key = cell_key(cfg, list(stack.keys), fingerprint, kind="trial-cell")
-                value = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
-                    run, cfg, data, list(stack.weights), None, key, False, trial).kept_val_accuracy
+                outcome = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
+                    run, cfg, data, list(stack.weights), None, key, False, trial)
+            if isinstance(outcome, PrunedTrial):  # the trial's run ends KILLED too
+                raise Pruned(outcome.message)
+            value = outcome.val_sq_error if cfg.unroll else outcome.kept_val_accuracy
             if value is None:
                 raise RuntimeError(f"trial {number}: no {objective} was measured")
             tracking.log_metrics(mlf, run_id, {objective: value})
