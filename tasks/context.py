@@ -90,6 +90,14 @@ def prunable(fn: Callable) -> Callable:
     return run
 
 
+def outcome_of(returned: Any) -> Any:
+    """What a task called directly gave back: a prunable task's Pruned state is returned as the
+    state itself (a future's result() unwraps it), here unwrapped to its PrunedTrial."""
+    from prefect.states import State
+
+    return returned.result() if isinstance(returned, State) else returned
+
+
 @dataclass(frozen=True)
 class RunContext:
     parent_run_id: str

@@ -18,7 +18,7 @@ from layerwise.device import place
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
 from tasks import tracking
-from tasks.context import PrunedTrial, RunContext, Trial, prunable
+from tasks.context import PrunedTrial, RunContext, Trial, outcome_of, prunable
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets
 from tasks.logs import run_logger
@@ -115,12 +115,12 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
             if needs_stack(cfg):
                 stack, _ = pretrain(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
             if cfg.unroll:
-                outcome = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
-                    run, cfg, data, stack, trial)
+                outcome = outcome_of(unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
+                    run, cfg, data, stack, trial))
             else:
                 key = cell_key(cfg, list(stack.keys), fingerprint, kind="trial-cell")
-                outcome = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
-                    run, cfg, data, list(stack.weights), None, key, False, trial)
+                outcome = outcome_of(finetune.with_options(task_run_name=f"finetune-trial-{number}")(
+                    run, cfg, data, list(stack.weights), None, key, False, trial))
             if isinstance(outcome, PrunedTrial):  # the trial's run ends KILLED too
                 raise Pruned(outcome.message)
             value = outcome.val_sq_error if cfg.unroll else outcome.kept_val_accuracy

@@ -45,6 +45,8 @@ def test_a_killed_run_is_marked_killed_and_the_next_run_resumes_from_its_finishe
     assert children["pretrain-1"].data.tags["layerwise.pretrain_run_id"] == before["pretrain-1"].info.run_id
     assert "layerwise.reused" not in children["pretrain-2"].data.tags
     assert all(run.info.status == "FINISHED" for run in children.values()) and "test_error" in resumed.data.metrics
+    # system metrics at the default interval (10 s), on a run that may be shorter: its start and end at least
+    assert len(client.get_metric_history(resumed.info.run_id, "system/cpu_utilization_percentage")) >= 2
     assert not list((tmp_path / "work" / "runs").iterdir()), "the dead run's scratch is cleaned up"
 
     # the summary's last lines: a command that works as printed where only the system's PATH is set
