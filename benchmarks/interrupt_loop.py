@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     (out.with_suffix(".summary.json")).write_text(json.dumps({"full_run_s": full, **result}, indent=2))
     if not args.keep:  # the logs of anything unusual stay for reading
         unusual = {r["iteration"] for r in rows if r["open_runs"] or r["hung"] or r["database_locked"]
-                   or r["left_processes"] or (r["exit_s"] or 0) > 10}
+                   or r["left_processes"] or (r["exit_s"] or 0) > 10 or r["traceback"]
+                   or r["returncode"] not in (0, 130)}
         for i in set(range(len(plan))) - unusual:
             (root / f"run-{i}.log").unlink(missing_ok=True)
     return 0 if all(not r["open_runs"] and not r["hung"] for r in rows) else 1

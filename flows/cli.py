@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import signal
 import sys
-import threading
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A tracking server that stops answering must fail the run within a minute, not after MLflow's
@@ -17,6 +15,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 # torch, MLflow and Prefect load inside the commands: `run` first launches the temporary Prefect API,
 # so its start overlaps those imports
+from flows.interrupts import INTERRUPTED, _interrupt, exiting, forget_exec_interrupt, install  # noqa: E402,F401
 from flows.schedules import check_schedules  # noqa: E402
 from layerwise.config import ConfigError, load_all  # noqa: E402
 from layerwise.errors import DataError  # noqa: E402
@@ -53,23 +52,6 @@ def _parser() -> argparse.ArgumentParser:
                          help="folder for digits.npz and digits-folder/ (default: %(default)s, where the "
                               "digits pipelines of pipelines.yaml look)")
     return parser
-
-
-INTERRUPTED = threading.Event()  # a Ctrl-C or SIGTERM arrived: whatever the run then raises, it was stopped
-
-
-def _interrupt(signum, frame):
-    """Ctrl-C and SIGTERM end the run as a KeyboardInterrupt, so its runs end KILLED. Prefect turns a
-    SIGTERM during a flow into its own TerminationSignal and, once that has unwound its engine, sends
-    the signal again: an interrupt already on its way out is not raised a second time (raised inside
-    the engine's clean-up it would surface as some other error and the run would exit 1, not 130)."""
-    INTERRUPTED.set()
-    in_flight = sys.exc_info()[1]
-    # only an interrupt counts as in flight: a CancelledError or GeneratorExit being handled at that
-    # moment inside Prefect's machinery must not swallow the user's Ctrl-C
-    if isinstance(in_flight, KeyboardInterrupt) or type(in_flight).__name__ == "TerminationSignal":
-        return
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def what_runs(cfg) -> str:
@@ -262,15 +244,14 @@ def summary(result, uri: str) -> str:
 
 
 def _interrupted() -> int:
+    forget_exec_interrupt()
     print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
+    install()
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
-        signal.signal(signal.SIGINT, _interrupt)
     commands = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
                 "example-data": cmd_example_data}
     try:
@@ -297,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         # of every run's exit (make bench, end-to-end line); frozen objects are skipped. Exit handlers
         # (the temporary API's stop, MLflow's) still run.
         gc.freeze()
+        if argv is None:  # the process's own command line (`layerwise`, `python -m flows`): it ends now
+            exiting()
 
 
 if __name__ == "__main__":
