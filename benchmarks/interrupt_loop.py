@@ -2,11 +2,12 @@
 neither KILLED nor FINISHED (the rare 61-81 s exit with "database is locked" that tests/test_interrupt.py
 saw twice in many full runs, never on demand).
 
-    nice -n 19 python -m benchmarks.interrupt_loop --runs 50 --grids 50 [--seed 0] [--out FILE]
+    nice -n 19 python -m benchmarks.interrupt_loop --runs 50 --grids 50 [--seed 0] [--signal TERM] [--out FILE]
 
 Each iteration starts `python -m flows run smoke` (or `smoke-ablation`) in its own process group,
 waits a random time, uniform from 0 to the duration of an uninterrupted run of that pipeline
-(measured first), and sends SIGINT to the group, as a terminal's Ctrl-C does. A run that finished
+(measured first), and sends SIGINT to the group, as a terminal's Ctrl-C does (--signal TERM: SIGTERM,
+as a scheduler's cancel). A run that finished
 before the signal counts as such. After each exit every run in the store must be KILLED or
 FINISHED, and no process of the run may be left. The loop owns everything it touches: one
 temporary MLflow store and Prefect home for the whole loop (runs accumulate, as in a user's store,
@@ -58,8 +59,8 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def one_run(pipeline: str, env: dict[str, str], log: Path, delay: float | None) -> dict:
-    """The pipeline, interrupted after delay seconds (None: left to finish). Returns what happened."""
+def one_run(pipeline: str, env: dict[str, str], log: Path, delay: float | None, sig: int = signal.SIGINT) -> dict:
+    """The pipeline, sent sig after delay seconds (None: left to finish). Returns what happened."""
     started = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flows", "run", pipeline], cwd=PROJECT_ROOT, env=env,
@@ -75,7 +76,7 @@ def one_run(pipeline: str, env: dict[str, str], log: Path, delay: float | None) 
         sent = None
         if proc.poll() is None:
             sent = time.monotonic()
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=HUNG_S if delay is not None else 900)
             hung = False
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="interrupted `smoke` runs (default 50)")
     parser.add_argument("--grids", type=int, default=50, help="interrupted `smoke-ablation` grids (default 50)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--signal", default="INT", choices=("INT", "TERM"),
+                        help="INT: a terminal's Ctrl-C (default); TERM: a scheduler's cancel; sent to the group")
     parser.add_argument("--out", default=None, help="JSON lines, one per iteration (default: in the loop's folder)")
     parser.add_argument("--keep", action="store_true", help="keep the loop's temporary folder (logs, store)")
     args = parser.parse_args(argv)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="layerwise-interrupt-loop-"))
     store, prefect_home = root / "mlruns", root / "prefect"
     out = Path(args.out) if args.out else root / "iterations.jsonl"
-    print(f"loop folder {root}; iterations to {out}", flush=True)
+    print(f"loop folder {root}; iterations to {out}; SIG{args.signal} to each run's process group", flush=True)
     full = {}
     for pipeline in PIPELINES:  # an uninterrupted run of each: its duration bounds the random moments
         row = one_run(pipeline, run_env(store, prefect_home, root / f"work-full-{pipeline}"), root / f"full-{pipeline}.log",
@@ -159,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(out, "w") as sink:
         for i, pipeline in enumerate(plan):
             delay = round(rng.uniform(0, full[pipeline]), 2)
-            row = one_run(pipeline, run_env(store, prefect_home, root / f"work-{i}"), root / f"run-{i}.log", delay)
-            row.update(iteration=i, open_runs=open_runs(store), full_run_s=full[pipeline])
+            row = one_run(pipeline, run_env(store, prefect_home, root / f"work-{i}"), root / f"run-{i}.log", delay,
+                          getattr(signal, f"SIG{args.signal}"))
+            row.update(iteration=i, open_runs=open_runs(store), full_run_s=full[pipeline], signal=args.signal)
             rows.append(row)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
