@@ -6,9 +6,10 @@ saw twice in many full runs, never on demand).
 
 Each iteration starts `python -m flows run smoke` (or `smoke-ablation`) in its own process group,
 waits a random time, uniform from 0 to the duration of an uninterrupted run of that pipeline
-(measured first), and sends SIGINT to the group, as a terminal's Ctrl-C does (--signal TERM: SIGTERM,
-as a scheduler's cancel). A run that finished
-before the signal counts as such. After each exit every run in the store must be KILLED or
+(measured first, and shortened to any run that finished before its signal: the machine got
+quicker), and sends SIGINT to the group, as a terminal's Ctrl-C does (--signal TERM: SIGTERM, as a
+scheduler's cancel). Iterations go on until --runs smoke runs and --grids grids were interrupted;
+a run that finished before its signal is recorded, not counted. After each exit every run in the store must be KILLED or
 FINISHED, and no process of the run may be left. The loop owns everything it touches: one
 temporary MLflow store and Prefect home for the whole loop (runs accumulate, as in a user's store,
 and the stale-run check reads them all), and a fresh LAYERWISE_WORKDIR per iteration (so each run
@@ -89,6 +90,7 @@ def one_run(pipeline: str, env: dict[str, str], log: Path, delay: float | None, 
     text = log.read_text(errors="replace")
     lines = text[:text.find("interrupted:")].strip().splitlines() if sent else []
     return {"pipeline": pipeline, "delay_s": delay, "interrupted": sent is not None, "returncode": proc.returncode,
+            "load_1min": round(os.getloadavg()[0], 2),  # the machine's load when it exited
             "exit_s": None if sent is None else round(ended - sent, 3), "run_s": round(ended - started, 3),
             "hung": hung, "left_processes": [" ".join(p.cmdline()[:4]) for p in alive if p.is_running()],
             "database_locked": text.count("database is locked"), "traceback": "Traceback" in text,
@@ -129,7 +131,10 @@ def summary(rows: list[dict]) -> dict:
             "runs_left_open": sum(len(r["open_runs"]) for r in mine),
             "hung": sum(r["hung"] for r in mine), "left_processes": sum(bool(r["left_processes"]) for r in mine),
             "database_locked": sum(bool(r["database_locked"]) for r in mine),
-            "tracebacks": sum(r["traceback"] for r in mine)}
+            "tracebacks": sum(r["traceback"] for r in mine),
+            "load_1min": percentiles([r["load_1min"] for r in cut]),
+            "slowest": [{k: r[k] for k in ("iteration", "exit_s", "delay_s", "load_1min", "last_line_before")}
+                        for r in sorted(cut, key=lambda r: -r["exit_s"])[:3]]}
     return out
 
 
@@ -156,33 +161,41 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"an uninterrupted {pipeline} failed: see {root / f'full-{pipeline}.log'}")
         full[pipeline] = row["run_s"]
         print(f"uninterrupted {pipeline}: {row['run_s']:.1f} s", flush=True)
-    plan = [PIPELINES[0]] * args.runs + [PIPELINES[1]] * args.grids
-    rng.shuffle(plan)
-    rows = []
+    wanted = {PIPELINES[0]: args.runs, PIPELINES[1]: args.grids}
+    window = dict(full)  # the random moment falls in [0, window): a run's duration on this machine
+    rows, i = [], 0
     with open(out, "w") as sink:
-        for i, pipeline in enumerate(plan):
-            delay = round(rng.uniform(0, full[pipeline]), 2)
+        while any(wanted.values()):
+            pipeline = rng.choice([name for name, left in wanted.items() if left])
+            delay = round(rng.uniform(0, window[pipeline]), 2)
             row = one_run(pipeline, run_env(store, prefect_home, root / f"work-{i}"), root / f"run-{i}.log", delay,
                           getattr(signal, f"SIG{args.signal}"))
-            row.update(iteration=i, open_runs=open_runs(store), full_run_s=full[pipeline], signal=args.signal)
+            row.update(iteration=i, open_runs=open_runs(store), window_s=window[pipeline], signal=args.signal)
             rows.append(row)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            print(f"{i + 1}/{len(plan)} {pipeline}: signal at {delay:.1f} s, "
+            if row["interrupted"]:
+                wanted[pipeline] -= 1
+            elif row["returncode"] == 0:
+                window[pipeline] = min(window[pipeline], row["run_s"])
+            print(f"{i + 1} {pipeline}: signal at {delay:.1f} s, "
                   + (f"exit {row['returncode']} after {row['exit_s']:.1f} s" if row["interrupted"]
                      else f"finished first (exit {row['returncode']})")
+                  + f", load {row['load_1min']}; {wanted[PIPELINES[0]]} runs, {wanted[PIPELINES[1]]} grids to go"
                   + (f", OPEN RUNS {row['open_runs']}" if row["open_runs"] else "")
                   + (", DATABASE LOCKED" if row["database_locked"] else "")
                   + (f", LEFT {row['left_processes']}" if row["left_processes"] else ""), flush=True)
             shutil.rmtree(root / f"work-{i}", ignore_errors=True)
+            i += 1
     result = summary(rows)
     print(json.dumps(result, indent=2))
-    (out.with_suffix(".summary.json")).write_text(json.dumps({"full_run_s": full, **result}, indent=2))
+    out.with_suffix(".summary.json").write_text(json.dumps({"full_run_s": full, "signal": args.signal, **result},
+                                                            indent=2))
     if not args.keep:  # the logs of anything unusual stay for reading
         unusual = {r["iteration"] for r in rows if r["open_runs"] or r["hung"] or r["database_locked"]
                    or r["left_processes"] or (r["exit_s"] or 0) > 10 or r["traceback"]
                    or r["returncode"] not in (0, 130)}
-        for i in set(range(len(plan))) - unusual:
+        for i in set(range(len(rows))) - unusual:
             (root / f"run-{i}.log").unlink(missing_ok=True)
     return 0 if all(not r["open_runs"] and not r["hung"] for r in rows) else 1
 
