@@ -12,7 +12,7 @@ scheduler's cancel). Iterations go on until --runs smoke runs and --grids grids 
 a run that finished before its signal is recorded, not counted. After each exit every run in the store must be KILLED or
 FINISHED, and no process of the run may be left. The loop owns everything it touches: one
 temporary MLflow store and Prefect home for the whole loop (runs accumulate, as in a user's store,
-and the stale-run check reads them all), and a fresh LAYERWISE_WORKDIR per iteration (so each run
+and the stale-run check reads them all; the Prefect database is made before the first run), and a fresh LAYERWISE_WORKDIR per iteration (so each run
 trains its stages rather than reusing them). Writes one JSON line per iteration to --out and prints
 the summary (exit-time percentiles, runs left open, "database is locked" seen) at the end; the
 figures are quoted in docs/operating.md."""
@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     store, prefect_home = root / "mlruns", root / "prefect"
     out = Path(args.out) if args.out else root / "iterations.jsonl"
     print(f"loop folder {root}; iterations to {out}; SIG{args.signal} to each run's process group", flush=True)
+    # the loop's Prefect database made first, with no time limit: a run's temporary API then starts
+    # over an existing database, as a user's does (creating one on a busy machine can pass its 180 s)
+    subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+                   env=run_env(store, prefect_home, root / "work"), check=True, stdout=subprocess.DEVNULL)
     full = {}
     for pipeline in PIPELINES:  # an uninterrupted run of each: its duration bounds the random moments
         row = one_run(pipeline, run_env(store, prefect_home, root / f"work-full-{pipeline}"), root / f"full-{pipeline}.log",
