@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from layerwise.config import AblationConfig, PipelineConfig, cell_name, method
@@ -16,7 +16,7 @@ from tasks.context import RunContext
 from tasks.data import DataFiles
 from tasks.finetune import cell_key, finetune
 from tasks.pretrain import StackFiles
-from tasks.logs import run_logger
+from tasks.logs import Countdown, run_logger
 from tasks.report import summarize_ablation
 from tasks.results import AblationResult, CellResult
 
@@ -49,6 +49,17 @@ def threads_per_cell(grid: AblationConfig) -> int:
     return grid.threads_per_worker or max(1, (os.cpu_count() or 1) // grid.workers)
 
 
+def _report_cell(name: str, future, countdown: Countdown) -> None:
+    """One line for a cell that ended: its result (or failure), the cells done / total, time left."""
+    try:
+        cell: CellResult = future.result()
+    except Exception as exc:  # noqa: BLE001 - counted here; the grid fails after the others end
+        run_logger().warning(f"[grid] cell {name} failed: {type(exc).__name__}: {exc} · {countdown.finished()}")
+        return
+    outcome = cell.headline() + (" (reused)" if cell.reused else "")
+    run_logger().info(f"[grid] cell {name}: {outcome} · {countdown.finished(timed=not cell.reused)}")
+
+
 @flow(name="label-ablation", flow_run_name="{run.pipeline}-grid", validate_parameters=False)
 def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks: dict[str, StackFiles],
                    fingerprint: str) -> AblationResult:
@@ -65,8 +76,11 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
         task = finetune.with_options(task_run_name=f"finetune-{cell_name(cell)}")
         futures.append(task.submit(run.on(str(device)), cell, data, list(stack.weights), threads,
                                    cell_key(cell, list(stack.keys), fingerprint), register_model=False))
+    names = {future: cell_name(cell) for future, cell in zip(futures, cells)}
+    countdown = Countdown(len(cells), "cells")
     try:
-        wait(futures)
+        for future in as_completed(futures):  # a line per cell as it ends: how far the grid is
+            _report_cell(names[future], future, countdown)
     except BaseException:
         stop_workers(futures)
         raise

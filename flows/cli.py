@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import signal
 import sys
-import threading
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # A tracking server that stops answering must fail the run within a minute, not after MLflow's
@@ -20,6 +18,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # `repor
 
 # torch, MLflow and Prefect load inside the commands: `run` first launches the temporary Prefect API,
 # so its start overlaps those imports
+from flows.interrupts import INTERRUPTED, _interrupt, exiting, forget_exec_interrupt, install  # noqa: E402,F401
 from flows.schedules import check_schedules  # noqa: E402
 from layerwise.config import ConfigError, cells, load_all  # noqa: E402
 from layerwise.errors import DataError, ReportError  # noqa: E402
@@ -80,23 +79,6 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--fresh", action="store_true", help="forget earlier calls: run every command again")
     reproduce.add_argument("--tick", type=float, default=300, help="seconds between time-left lines (default 300)")
     return parser
-
-
-INTERRUPTED = threading.Event()  # a Ctrl-C or SIGTERM arrived: whatever the run then raises, it was stopped
-
-
-def _interrupt(signum, frame):
-    """Ctrl-C and SIGTERM end the run as a KeyboardInterrupt, so its runs end KILLED. Prefect turns a
-    SIGTERM during a flow into its own TerminationSignal and, once that has unwound its engine, sends
-    the signal again: an interrupt already on its way out is not raised a second time (raised inside
-    the engine's clean-up it would surface as some other error and the run would exit 1, not 130)."""
-    INTERRUPTED.set()
-    in_flight = sys.exc_info()[1]
-    # only an interrupt counts as in flight: a CancelledError or GeneratorExit being handled at that
-    # moment inside Prefect's machinery must not swallow the user's Ctrl-C
-    if isinstance(in_flight, KeyboardInterrupt) or type(in_flight).__name__ == "TerminationSignal":
-        return
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def what_runs(cfg) -> str:
@@ -261,27 +243,50 @@ def cmd_reproduce(args) -> int:
     return reproduce(args)
 
 
+UI_PORT = 5000  # where `mlflow ui` (and `make ui`) serves by default
+
+
+def ui_command(uri: str, prefix: str = sys.prefix) -> str:
+    """The command that opens a sqlite store in the MLflow UI, as it works when pasted on this
+    machine: `make ui` where it opens this very store with this very venv (the default store, run
+    from the checkout's .venv), else this venv's own mlflow by its full path (`mlflow` alone is
+    found only inside the venv). prefix: the running venv."""
+    import shlex
+    from pathlib import Path
+
+    from layerwise.paths import MLRUNS, PROJECT_ROOT
+
+    if (uri == f"sqlite:///{MLRUNS / 'mlflow.db'}" and (PROJECT_ROOT / "Makefile").exists()
+            and Path(prefix).resolve() == (PROJECT_ROOT / ".venv").resolve()):
+        return "make ui" if Path.cwd().resolve() == PROJECT_ROOT else f"make -C {shlex.quote(str(PROJECT_ROOT))} ui"
+    mlflow = Path(sys.executable).parent / "mlflow"
+    program = [str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]
+    return shlex.join([*program, "ui", "--port", str(UI_PORT), "--backend-store-uri", uri])
+
+
 def summary(result, uri: str) -> str:
     """The run's headline, its retrieval precision, and where to open it in MLflow."""
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
     headline = "\n" + result.headline()
     for space, found in result.retrieval.items():
         headline += "\nretrieval " + space + ": " + ", ".join(
             f"{key} {value:.4f}" for key, value in found.items() if key.startswith("precision"))
-    return (f"{headline}\nMLflow parent run {result.parent_run_id} in experiment '{result.pipeline}'.\n"
-            f"Open it: {ui}  then  #/experiments/{result.experiment_id}/runs/{result.parent_run_id}")
+    page = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    if uri.startswith(("http://", "https://")):
+        where = f"Open it: {uri.rstrip('/')}/{page}"
+    else:
+        where = f"Open it: {ui_command(uri)}\nthen http://127.0.0.1:{UI_PORT}/{page}"
+    return f"{headline}\nMLflow parent run {result.parent_run_id} in experiment '{result.pipeline}'.\n{where}"
 
 
 def _interrupted() -> int:
+    forget_exec_interrupt()
     print("interrupted: the open MLflow runs are marked KILLED", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
+    install()
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # serve's runner takes SIGTERM over once it has started
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
-        signal.signal(signal.SIGINT, _interrupt)
     commands = {"run": cmd_run, "sweep": cmd_sweep, "list": cmd_list, "validate": cmd_validate, "serve": cmd_serve,
                 "example-data": cmd_example_data, "report": cmd_report, "reproduce": cmd_reproduce}
     try:
@@ -308,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         # of every run's exit (make bench, end-to-end line); frozen objects are skipped. Exit handlers
         # (the temporary API's stop, MLflow's) still run.
         gc.freeze()
+        if argv is None:  # the process's own command line (`layerwise`, `python -m flows`): it ends now
+            exiting()
 
 
 if __name__ == "__main__":

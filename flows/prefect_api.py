@@ -56,6 +56,7 @@ class TemporaryAPI:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self._lock = lock_handle  # held until the API answers: it migrates a fresh database
+        self._used = False  # the run talked to it (ready() returned)
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
         self.process = subprocess.Popen(
@@ -80,6 +81,7 @@ class TemporaryAPI:
                 try:
                     with urllib.request.urlopen(f"{self.url}/health", timeout=2) as reply:
                         if reply.status == 200:
+                            self._used = True
                             return self.url
                 except OSError:
                     time.sleep(0.05)
@@ -89,8 +91,16 @@ class TemporaryAPI:
             self._release_lock()
 
     def stop(self) -> None:
+        """Ends the API: SIGTERM, so it shuts down cleanly; one the run never used (stopped by bad
+        input or a Ctrl-C before the flow began) goes at once with SIGKILL: it holds nothing of the
+        run's, and SIGTERM during its start runs Prefect's shutdown of services that have not
+        started yet, which prints a traceback ('Reactive triggers not started', Prefect 3.9: seen
+        in benchmarks/interrupt_loop.py) and may take the 5 s this waits."""
         self._release_lock()
-        if self.process.poll() is None:
+        if self.process.poll() is None and not self._used:
+            self.process.kill()
+            self.process.wait()
+        elif self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)

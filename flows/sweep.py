@@ -27,13 +27,13 @@ from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
 from layerwise.paths import work_root
 from layerwise.report.search import (DIED_ATTR, PROCESS_ATTR, Heartbeat, ask, best_trial, counted_trials, finished,
-                              last_finished, make_storage, mark_running, open_study, plot_history, plot_importance,
+                              last_finished, make_storage, mark_running, median_at, open_study, plot_history, plot_importance,
                               recover, running, shown_storage, stale_retried, study_lock, study_name, suggest,
                               trials_table)
 from tasks import tracking
-from tasks.context import RunContext, Trial
+from tasks.context import PrunedTrial, RunContext, Trial
 from tasks.data import prepare_data
-from tasks.logs import run_logger
+from tasks.logs import Countdown, run_logger
 from tasks.report import publish_report
 from tasks.runs import NOTE_TAG, scratch_in_use, system_metrics
 from tasks.uninterrupted import interrupts_held
@@ -88,14 +88,25 @@ def trial_config(pipeline: str, raw: dict, params: dict, checked: CheckedRun, so
 
 
 def _pruner_callback(trial: optuna.Trial, objective: str):
-    """Reports each epoch's validation metric to Optuna; raises Pruned when the pruner says stop."""
+    """Reports each epoch's validation metric to Optuna; raises Pruned when the pruner says stop,
+    saying why in one line: the median rule stops a trial whose best value so far trails the
+    median of the finished trials at the same epoch."""
+    maximise = trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    reported: list[float] = []
+
     def report(epoch_report) -> None:
         value = epoch_report.metrics.get(objective)
         if value is None:
             return
         trial.report(value, epoch_report.epoch)
+        reported.append(value)
         if trial.should_prune():
-            raise Pruned(f"trial {trial.number} pruned at epoch {epoch_report.epoch} ({objective} {value:.4f})")
+            best = max(reported) if maximise else min(reported)
+            median = median_at(trial.study, epoch_report.epoch)
+            raise Pruned(f"trial {trial.number} pruned at epoch {epoch_report.epoch}: {objective} {value:.4f}"
+                         + (f" (its best so far {best:.4f})" if best != value else "")
+                         + (f", {'below' if maximise else 'above'} the median {median:.4f} of the finished "
+                            f"trials at epoch {epoch_report.epoch}" if median is not None else ""))
     return report
 
 
@@ -195,6 +206,7 @@ def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun,
     sweep, log = checked.cfg.sweep, run_logger()
     pending: dict = {}  # future -> (optuna trial, its Heartbeat)
     told: set[int] = set()
+    countdown = Countdown(sweep.trials, "trials", finished(study))
     look = 0.0  # when to take stock of the study next (at once after a trial of ours ends)
     training.stop_requested.clear()
     try:
@@ -210,8 +222,8 @@ def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun,
                         try:
                             cfg, _ = trial_config(run.pipeline, raw, params, checked, source)
                         except ConfigError as exc:  # e.g. a label count the drawn values make impossible
-                            log.warning(f"trial {trial.number}: {exc}")
                             study.tell(trial, state=TrialState.FAIL)
+                            log.warning(f"trial {trial.number}: {exc} · {countdown.finished(timed=False)}")
                             told.add(trial.number)
                             continue
                         hooks = Trial(trial.number, study.study_name, params,
@@ -227,7 +239,7 @@ def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun,
             for future in [f for f in pending if f.state.is_final()]:
                 trial, beat = pending[future]
                 with interrupts_held():
-                    _tell(study, trial, future, objective, sweep.trials)
+                    _tell(study, trial, future, objective, countdown)
                     beat.stop()
                     told.add(trial.number)
                     del pending[future]  # after it is told: an interrupt meanwhile leaves it to the handler below
@@ -242,7 +254,9 @@ def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun,
         raise
 
 
-def _tell(study, trial, future, objective: str, total: int) -> None:
+def _tell(study, trial, future, objective: str, countdown: Countdown) -> None:
+    """The trial's outcome to Optuna, and one line: its value (or why it was pruned, or failed),
+    the trials done / total and the time left."""
     log = run_logger()
     if study._storage.get_trial(trial._trial_id).state.is_finished():
         # its heartbeats were late past the grace period: another worker failed it and asks it again
@@ -251,17 +265,18 @@ def _tell(study, trial, future, objective: str, total: int) -> None:
         return
     try:
         value = future.result()
-    except Pruned as exc:
-        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        log.info(f"trial {trial.number} pruned: {exc}")
     except Exception as exc:  # a diverged or broken trial: counted, the sweep goes on
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
-    else:
-        study.tell(trial, value, skip_if_finished=True)
-        best = best_trial(study)
-        log.info(f"trial {trial.number}: {objective} {value:.4f} ({finished(study)}/{total}); best so far "
-                 f"{best.value:.4f} (trial {best.number})")
+        log.warning(f"trial {trial.number} failed: {type(exc).__name__}: {exc} · {countdown.finished()}")
+        return
+    if isinstance(value, PrunedTrial):
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        log.info(f"{value.message} · {countdown.finished()}")
+        return
+    study.tell(trial, value, skip_if_finished=True)
+    best = best_trial(study)
+    log.info(f"trial {trial.number}: {objective} {value:.4f}; best so far {best.value:.4f} (trial {best.number}) · "
+             f"{countdown.finished()}")
 
 
 def _conclude(study, run: RunContext, raw: dict, checked: CheckedRun, objective: str, study_id: str) -> SweepResult:

@@ -4,6 +4,7 @@ the one way a task opens its child run."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -11,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from layerwise.errors import Pruned
 from tasks import tracking
 
 FOREIGN_RUN_TAG = "layerwise.reused_from_run"
@@ -63,6 +65,37 @@ class Trial:
     study: str = ""
     params: Optional[dict[str, Any]] = None  # the values drawn for it, by space key
     on_epoch: Optional[Callable] = None
+
+
+@dataclass(frozen=True)
+class PrunedTrial:
+    """What a sweep trial's tasks return when the pruner stopped the trial (message: the trial,
+    epoch, value and the median it fell below)."""
+    message: str
+
+
+def prunable(fn: Callable) -> Callable:
+    """A trial's task (under @task) whose training the pruner may stop: Pruned, raised inside it
+    (its runs then end KILLED), comes back as a PrunedTrial in a Prefect state named Pruned, not
+    as an exception: Prefect would log an exception's traceback and mark the task Failed, which
+    reads as a crash. A pruned trial is not one."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Pruned as exc:
+            from prefect.states import Completed
+
+            return Completed(name="Pruned", data=PrunedTrial(str(exc)))
+    return run
+
+
+def outcome_of(returned: Any) -> Any:
+    """What a task called directly gave back: a prunable task's Pruned state is returned as the
+    state itself (a future's result() unwraps it), here unwrapped to its PrunedTrial."""
+    from prefect.states import State
+
+    return returned.result() if isinstance(returned, State) else returned
 
 
 @dataclass(frozen=True)

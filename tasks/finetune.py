@@ -22,10 +22,10 @@ from layerwise.train.evaluate import accuracy
 from layerwise.train.finetune import Labelled
 from layerwise.train.finetune import finetune as train
 from tasks import tracking
-from tasks.context import ChildRun, RunContext, Trial
+from tasks.context import ChildRun, RunContext, Trial, prunable
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets, split
-from tasks.logs import epoch_reporter, run_logger, then
+from tasks.logs import epoch_progress, run_logger, then
 from tasks.registry import VAL_TAG, describe_version, promote_if_better
 from tasks.results import CellResult
 
@@ -68,6 +68,7 @@ def cell_tags(cfg: PipelineConfig) -> dict[str, str]:
 
 
 @task(name="finetune")
+@prunable
 def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: list[str],
              threads: Optional[int] = None, cache_key: Optional[str] = None, register_model: bool = True,
              trial: Optional[Trial] = None) -> CellResult:
@@ -75,7 +76,8 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
     on its labelled subset, tracked as a child run. With a cache_key, a cell finished by an earlier
     run is reused (linked, not retrained); with register_model, the classifier is logged and
     registered as PIPELINE-classifier. In a sweep's trial (tasks.context.Trial) the test split is
-    not read, nothing is registered, and the cell reports its kept epoch's validation accuracy only."""
+    not read, nothing is registered, and the cell reports its kept epoch's validation accuracy only;
+    a trial the pruner stops returns a PrunedTrial (its run ends KILLED)."""
     configure_cpu(threads)
     ft = cfg.finetune  # a cell's: its settings in force (layerwise.config.cells)
     n_labels, name = cfg.n_labels(), f"{STAGE} {cell_name(cfg)}"
@@ -108,8 +110,9 @@ def finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, weights: lis
         keeps_decoders = ft.unlabelled is not None and ft.unlabelled.objective == "reconstruction"
         encoders = ([m.to(device) for m in (load_stages(weights) if keeps_decoders else load_encoders(weights))]
                     if ft.init == "pretrained" else None)
-        tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
-                      then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch))
+        with epoch_progress(child.mlf, child.id) as progress:  # a pruned trial raises Pruned here
+            tuned = train(encoders, labelled, cfg.finetune, cfg.layers, cfg.data.n_classes, name,
+                          then(progress, trial and trial.on_epoch))
         model, result = tuned.model, tuned.result
         kept_val = next((r.metrics.get("val_accuracy") for r in result.history if r.epoch == result.best_epoch), None)
         test_accuracy = None if trial else accuracy(model, inputs["test"].to(device), labels.test,

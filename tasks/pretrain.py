@@ -19,7 +19,7 @@ from layerwise.train.evaluate import Splits, encode_splits
 from layerwise.train.stack import Stage, pretrain_stack
 from tasks import tracking
 from tasks.context import RunContext
-from tasks.logs import epoch_reporter, run_logger
+from tasks.logs import epoch_progress, run_logger
 
 LINK_TAG = "layerwise.pretrain_run_id"
 
@@ -92,8 +92,8 @@ def pretrain_layer(run: RunContext, layer: LayerConfig, inputs: Splits, seed: in
                                   f"{cached.meta.get('tracking_uri')}): its weights are logged to this run")
             child.metrics(cached.meta["final_metrics"], step=layer.epochs)
         else:
-            model, result = train_stage(layer, inputs, seed, index, epoch_reporter(child.mlf, child.id),
-                                        run.torch_device)
+            with epoch_progress(child.mlf, child.id) as progress:
+                model, result = train_stage(layer, inputs, seed, index, progress, run.torch_device)
             local = save_stage(run.workdir / stage / f"{stage}.pt", model, resolved)
             child.artifact(local)
             weights = store.put(cache_key, {local.name: local}, {

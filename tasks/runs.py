@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import shutil
-import time
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
+import psutil
 import yaml
 from mlflow.entities import Metric
 from prefect import task
@@ -153,48 +156,99 @@ def _monitors() -> list:
     return monitors
 
 
-@contextlib.contextmanager
-def system_metrics(run_id: str, every: float) -> Iterator[None]:
-    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network; GPU where
-    NVIDIA's library is present) sampled every `every` seconds by a thread, and written onto the
-    run when the block ends (every = 0: off). The thread only samples: a second writer to a sqlite
-    store during the run (MLflow's own monitor writes as it samples) was seen to leave the store
-    locked when an interrupt ended the run, so the runs could not be marked KILLED."""
-    if not every:
-        yield
-        return
-    import threading
+# psutil reports the CPU use since its previous call: called here, when the flows are imported
+# (the run's start-up), the first sample of a run reports the CPU use of that start-up, not a 0.
+psutil.cpu_percent()
 
-    monitors, samples, stop = _monitors(), [], threading.Event()
 
-    def sample() -> None:
-        while not stop.wait(every):
+class _Samples:
+    """The samples of one run, and how many of them are written (a lock: the sampling thread
+    writes live while the run's own thread may write the rest at the end)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id, self.monitors = run_id, _monitors()
+        self.taken: list[tuple[int, dict[str, float]]] = []
+        self.written = 0
+        self.lock = threading.Lock()
+        self.failed = False
+
+    def take(self) -> None:
+        with self.lock:
             metrics = {}
-            for monitor in monitors:
+            for monitor in self.monitors:
                 monitor.collect_metrics()
                 metrics.update(monitor.aggregate_metrics())
                 monitor.clear_metrics()
-            samples.append((int(time.time() * 1000), metrics))
+            self.taken.append((int(time.time() * 1000), metrics))
+
+    def write(self) -> None:
+        """The samples not yet written (step = the sample's number), at most 1000 metrics a call."""
+        with self.lock:
+            batch = [Metric(f"system/{key}", float(value), stamp, step)
+                     for step, (stamp, metrics) in enumerate(self.taken) if step >= self.written
+                     for key, value in metrics.items()]
+            for start in range(0, len(batch), 1000):
+                tracking.client().log_batch(self.run_id, metrics=batch[start:start + 1000])
+            self.written = len(self.taken)
+
+    def write_live(self) -> None:
+        """From the sampling thread: a failed write (the server briefly away) is kept for the next
+        one and for the end, with one warning."""
+        try:
+            self.write()
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the samples stay pending
+            if not self.failed:
+                logging.getLogger("layerwise").warning(f"system metrics not written yet (kept for later): {exc}")
+            self.failed = True
+
+
+def live_system_metrics() -> bool:
+    """Whether a run's system metrics are written while it runs: yes on a tracking server (its
+    System metrics tab fills as the run goes), not on a sqlite file, where a second writer
+    beside the run's own was seen to leave the store locked when an interrupt ended the run."""
+    return tracking.sqlite_path(tracking.tracking_uri()) is None
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, every: float, live: Optional[bool] = None) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network; GPU where
+    NVIDIA's library is present) on the run: a sample when the block starts, one every `every`
+    seconds (a thread), one when it ends, so a run shorter than `every` has two (every = 0: off).
+    live (default: live_system_metrics()): the thread writes each sample as it takes it; else all
+    are written when the block ends. A failed run keeps its samples; an interrupted one keeps
+    those already written (the runs must end KILLED first, nothing more is written)."""
+    if not every:
+        yield
+        return
+    live = live_system_metrics() if live is None else live
+    samples, stop = _Samples(run_id), threading.Event()
+    samples.take()
+
+    def sample() -> None:
+        while True:
+            if live:
+                samples.write_live()
+            if stop.wait(every):
+                return
+            samples.take()
 
     sampler = threading.Thread(target=sample, name="layerwise-system-metrics", daemon=True)
     sampler.start()
 
-    def write() -> None:
+    def finish() -> None:
         stop.set()
-        sampler.join(timeout=5)
-        batch = [Metric(f"system/{key}", float(value), stamp, step)
-                 for step, (stamp, metrics) in enumerate(list(samples)) for key, value in metrics.items()]
-        for start in range(0, len(batch), 1000):
-            tracking.client().log_batch(run_id, metrics=batch[start:start + 1000])
+        sampler.join(timeout=30)  # a live write in flight ends within the server's timeouts
+        samples.take()
+        samples.write()
     try:
         yield
     except Exception:
         try:  # a failed run keeps its samples, but their write must not replace the run's own error
-            write()
+            finish()
         except Exception as exc:  # noqa: BLE001
             run_logger().warning(f"system metrics not written: {exc}")
         raise
     except BaseException:
         stop.set()  # interrupted: nothing more is written, the runs must end KILLED first
         raise
-    write()
+    finish()

@@ -21,7 +21,7 @@ from layerwise.paths import work_root
 from layerwise.report.search import shown_storage
 from layerwise.store.files import load_inputs
 from tasks import tracking
-from tasks.context import RunContext, Trial
+from tasks.context import PrunedTrial, RunContext, Trial, outcome_of, prunable
 from tasks.data import DataFiles
 from tasks.datasets import log_datasets
 from tasks.logs import run_logger
@@ -114,12 +114,14 @@ def trial_inputs(data: DataFiles, device: torch.device) -> dict[str, torch.Tenso
 
 
 @task(name="sweep-trial")
+@prunable
 def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: DataFiles, fingerprint: str,
               objective: str) -> float:
     """One trial: the pipeline with the trial's values (cfg), tracked as a run nested under the
     sweep's parent (its stage runs and its fine-tune or unroll run nested under the trial's), judged
     on validation; returns the objective. Lower stages an earlier trial (or run) trained are reused
-    from the stage store. Raises Pruned when the pruner stops it (trial.on_epoch decides)."""
+    from the stage store. Returns a PrunedTrial when the pruner stops it (trial.on_epoch decides):
+    its run ends KILLED, tagged PRUNED."""
     from tasks.finetune import cell_key, finetune
     from tasks.pretrain import StackFiles, pretrain_stack_tracked
     from tasks.unroll import unroll_finetune
@@ -141,13 +143,16 @@ def run_trial(sweep_run: RunContext, cfg: PipelineConfig, trial: Trial, data: Da
             if needs_stack(cfg):
                 stack, _ = pretrain_stack_tracked(cfg, run, trial_inputs(data, run.torch_device), fingerprint)
             if cfg.unroll:
-                value = unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
-                    run, cfg, data, stack, trial).val_sq_error
+                outcome = outcome_of(unroll_finetune.with_options(task_run_name=f"unroll-trial-{number}")(
+                    run, cfg, data, stack, trial))
             else:
                 (cell,) = cells(cfg)  # its fine-tune settings in force
                 key = cell_key(cell, list(stack.keys), fingerprint, kind="trial-cell")
-                value = finetune.with_options(task_run_name=f"finetune-trial-{number}")(
-                    run, cell, data, list(stack.weights), None, key, False, trial).kept_val_accuracy
+                outcome = outcome_of(finetune.with_options(task_run_name=f"finetune-trial-{number}")(
+                    run, cell, data, list(stack.weights), None, key, False, trial))
+            if isinstance(outcome, PrunedTrial):  # the trial's run ends KILLED too
+                raise Pruned(outcome.message)
+            value = outcome.val_sq_error if cfg.unroll else outcome.kept_val_accuracy
             if value is None:
                 raise RuntimeError(f"trial {number}: no {objective} was measured")
             tracking.log_metrics(mlf, run_id, {objective: value})

@@ -18,9 +18,9 @@ from layerwise.store.files import CODES, SPLITS, load_inputs, save_codes
 from layerwise.train.evaluate import encode
 from layerwise.train.unroll import unroll
 from tasks import tracking
-from tasks.context import RunContext, Trial
+from tasks.context import RunContext, Trial, prunable
 from tasks.data import DataFiles
-from tasks.logs import epoch_reporter, run_logger, then
+from tasks.logs import epoch_progress, run_logger, then
 from tasks.pretrain import StackFiles
 
 STAGE = "unroll"
@@ -51,11 +51,13 @@ class UnrolledStage:
 
 
 @task(name="unroll", task_run_name="unroll")
+@prunable
 def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack: StackFiles,
                     trial: Optional[Trial] = None) -> UnrolledStage:
     """The core's unroll of the pretrained stack (stack: its stage files and keys), reused from the
     store when an identical fine-tune was done before; tracked as the child run `unroll ...`.
-    In a sweep's trial (tasks.context.Trial) the test split is not read and no codes are written."""
+    In a sweep's trial (tasks.context.Trial) the test split is not read and no codes are written;
+    a trial the pruner stops returns a PrunedTrial (its run ends KILLED)."""
     configure_cpu()
     key = unroll_key(cfg, list(stack.keys), "unroll-trial" if trial else "unroll")
     store = unroll_store()
@@ -77,8 +79,9 @@ def unroll_finetune(run: RunContext, cfg: PipelineConfig, data: DataFiles, stack
                                   f"{cached.meta.get('tracking_uri')}): its model is logged to this run")
         else:
             stages = [load_file(path, load_stage)[0].to(run.torch_device) for path in stack.weights]
-            unrolled = unroll(stages, inputs, cfg.unroll, cfg.seed,
-                              then(epoch_reporter(child.mlf, child.id), trial and trial.on_epoch), STAGE)
+            with epoch_progress(child.mlf, child.id) as progress:  # a pruned trial raises Pruned here
+                unrolled = unroll(stages, inputs, cfg.unroll, cfg.seed, then(progress, trial and trial.on_epoch),
+                                  STAGE)
             model = unrolled.model
             metrics = {"test_sq_error": unrolled.test_sq_error, "test_sq_error_stacked": unrolled.test_sq_error_stacked,
                        "val_sq_error": unrolled.result.history[-1].metrics.get("val_sq_error"),

@@ -18,9 +18,16 @@ def _cells(client, result):
             for r in runs}
 
 
-def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, tracking, tmp_path):
+def test_ablation_grid_records_every_cell_and_the_summary(prefect_harness, tracking, tmp_path, caplog):
     result = layerwise_pipeline("smoke-ablation", data_root=str(mnist_root()))
+    # a line per cell as it ends: its result, the cells done / total and the time left
+    grid = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[grid] cell ")]
+    assert len(grid) == 8 and all("test error" in line for line in grid)
+    assert [line.split(" · ")[1].split(" ")[0] for line in grid] == [f"{n}/8" for n in range(1, 9)]
+    assert all(line.endswith(" left") for line in grid[1:-1]) and " cells done in " in grid[-1]
     client = MlflowClient()
+    # a grid shorter than the sampling interval (10 s) still has system metrics: at its start and end
+    assert len(client.get_metric_history(result.parent_run_id, "system/cpu_utilization_percentage")) >= 2
     cells = _cells(client, result)
     assert set(cells) == CELLS
     assert all(run.info.status == "FINISHED" and "test_error" in run.data.metrics for run in cells.values())

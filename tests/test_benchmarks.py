@@ -61,3 +61,20 @@ def test_the_cpu_section_measures_each_precision_against_its_own_peak():
     rows = cpu_targets({**result, "isa": isa_summary(), "quickstart": quickstart})
     assert any("3.00×" in row and "met" in row for row in rows)
     assert any("+0.10 points" in row for row in rows)
+
+
+def test_the_interrupt_loop_times_an_interrupted_run(tmp_path):
+    """benchmarks/interrupt_loop.py's pieces on one iteration (the loop runs 100: docs/operating.md).
+    Ctrl-C 3 s in lands in the run's start (its imports, the temporary Prefect API) on any machine."""
+    import signal
+
+    from benchmarks.interrupt_loop import one_run, open_runs, run_env, summary
+
+    store = tmp_path / "mlruns"
+    row = one_run("smoke", run_env(store, tmp_path / "prefect", tmp_path / "work"), tmp_path / "run.log", 3.0,
+                  signal.SIGINT)
+    assert row["interrupted"] and row["returncode"] == 130 and row["exit_s"] < 60, (tmp_path / "run.log").read_text()
+    assert open_runs(store) == [] and not row["left_processes"] and not row["traceback"]
+    rows = [{**row, "exit_s": s, "open_runs": []} for s in (1.0, 2.0, 3.0, 40.0)]
+    figures = summary(rows)["smoke"]
+    assert figures["exit_s"]["p50"] == 2.5 and figures["exit_s"]["max"] == 40.0 and figures["runs_left_open"] == 0

@@ -1,6 +1,7 @@
 """SIGKILL in the middle of stage 2, then run again: stage 1 is reused (linked to the run that
 trained it), the dead run is marked KILLED, the new run completes."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,4 +45,16 @@ def test_a_killed_run_is_marked_killed_and_the_next_run_resumes_from_its_finishe
     assert children["pretrain-1"].data.tags["layerwise.pretrain_run_id"] == before["pretrain-1"].info.run_id
     assert "layerwise.reused" not in children["pretrain-2"].data.tags
     assert all(run.info.status == "FINISHED" for run in children.values()) and "test_error" in resumed.data.metrics
+    # system metrics at the default interval (10 s), on a run that may be shorter: its start and end at least
+    assert len(client.get_metric_history(resumed.info.run_id, "system/cpu_utilization_percentage")) >= 2
     assert not list((tmp_path / "work" / "runs").iterdir()), "the dead run's scratch is cleaned up"
+
+    # the summary's last lines: a command that works as printed where only the system's PATH is set
+    # (`mlflow` alone exists only inside the venv), then the run's page
+    *_, opener, page = done.stdout.strip().splitlines()
+    assert opener.startswith("Open it: ") and page.endswith(f"/#/experiments/{experiment_id}/runs/{resumed.info.run_id}")
+    command = shlex.split(opener[len("Open it: "):])
+    assert command[-2:] == ["--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]]
+    parsed = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")})
+    assert parsed.returncode == 0 and "--backend-store-uri" in parsed.stdout, parsed.stderr[-3000:]

@@ -58,15 +58,25 @@ def test_the_splits_digest_changes_when_the_data_does(tmp_path, tracking):
 def test_system_metrics_are_sampled_onto_the_run(tracking):
     import time
 
-    from tasks.runs import system_metrics
+    from tasks.runs import live_system_metrics, system_metrics
 
     client = MlflowClient()
-    run_id = client.create_run(client.create_experiment("system")).info.run_id
+    experiment = client.create_experiment("system")
+    run_id = client.create_run(experiment).info.run_id
     with system_metrics(run_id, every=0.2):
         time.sleep(1.5)
     history = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
-    assert len(history) >= 2 and "system/system_memory_usage_megabytes" in client.get_run(run_id).data.metrics
-    off = client.create_run(client.get_experiment_by_name("system").experiment_id).info.run_id
+    assert len(history) >= 4 and "system/system_memory_usage_megabytes" in client.get_run(run_id).data.metrics
+    # a run shorter than the interval: a sample at its start and one at its end, both written when it
+    # ends (a sqlite store: nothing is written beside the run's own writes while it runs)
+    assert not live_system_metrics()
+    short = client.create_run(experiment).info.run_id
+    with system_metrics(short, every=10):
+        time.sleep(0.5)
+        assert not client.get_run(short).data.metrics
+    history = client.get_metric_history(short, "system/cpu_utilization_percentage")
+    assert [m.step for m in history] == [0, 1] and history[1].timestamp - history[0].timestamp >= 400
+    off = client.create_run(experiment).info.run_id
     with system_metrics(off, every=0):
         time.sleep(0.3)
     assert not client.get_run(off).data.metrics

@@ -525,7 +525,7 @@ class PipelineConfig(Strict):
                                                       "only pretrained ones are registered)")
     system_metrics: float = Field(10.0, ge=0, description="seconds between samples of the machine's CPU, memory "
                                                           "(and GPU) use on the parent run (MLflow's system "
-                                                          "metrics); 0 = off")
+                                                          "metrics; one at its start and end too); 0 = off")
 
     @field_validator("device")
     @classmethod

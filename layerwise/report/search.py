@@ -221,6 +221,16 @@ def recover(study: optuna.Study, alive: Callable[[str], bool]) -> list[int]:
     return sorted(again + list(stale_retried(study) - before))
 
 
+def median_at(study: optuna.Study, step: int) -> Optional[float]:
+    """The median of the finished (COMPLETE) trials' values reported at step: what the median rule
+    compares a running trial with (None before any finished trial reached that step)."""
+    import statistics
+
+    values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if step in t.intermediate_values]
+    return statistics.median(values) if values else None
+
+
 def stale_retried(study: optuna.Study) -> set[int]:
     """The trials failed for a silent heartbeat and asked again (RetryHeartbeatStaleTrialCallback's history)."""
     with _settled_api():

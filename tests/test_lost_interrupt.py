@@ -1,0 +1,61 @@
+"""A Ctrl-C is never lost: where its KeyboardInterrupt is raised inside code whose exceptions
+cannot propagate (a __del__, as pydantic's callbacks during the imports), Python prints 'Exception
+ignored' and drops it, and the run went on to its end; the CLI delivers it again. And an interrupt
+raised inside exec()'d source no longer turns the CLI's exit 130 into death by SIGINT (-2)."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from flows import interrupts
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """The CLI's handlers and hook, as `layerwise` installs them; the test's are restored after."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored by monkeypatch
+    interrupts.install()
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    interrupts.INTERRUPTED.clear()
+
+
+class Finalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100_000):  # the handler runs in here, where its KeyboardInterrupt cannot propagate
+            pass
+
+
+def test_an_interrupt_dropped_inside_a_finaliser_is_delivered_again(installed, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        Finalised()  # made and finalised at once
+        for _ in range(10_000_000):
+            pass
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
+SCRIPT = """
+import os, signal, sys, threading
+from flows import interrupts
+interrupts.install()
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    exec("while True: pass")
+except KeyboardInterrupt:
+    interrupts.forget_exec_interrupt() if sys.argv[1] == "forget" else None
+sys.exit(130)
+"""
+
+
+@pytest.mark.slow  # spawns processes
+def test_an_interrupt_inside_exec_source_exits_130_not_by_sigint(tmp_path):
+    (tmp_path / "interrupted_in_exec.py").write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    codes = {how: subprocess.run([sys.executable, "-m", "interrupted_in_exec", how], env=env, timeout=120).returncode
+             for how in ("keep", "forget")}
+    assert codes == {"keep": -signal.SIGINT, "forget": 130}  # the first: CPython's own behaviour
