@@ -14,7 +14,7 @@ MLFLOW_PORT ?= 5000
 # serve talks to the server `make server` starts unless PREFECT_API_URL already points elsewhere
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: install run test test-fast test-team team-up team-down bench bench-gpu clean ui server serve mlflow-server
+.PHONY: install run test test-fast test-team report reproduce team-up team-down bench bench-gpu clean ui server serve mlflow-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,17 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# An experiment of the MLflow store as a Markdown page with its figures (reports/NAME/report.md);
+# ARGS="--tracking-uri http://HOST:PORT" reads a tracking server, ARGS="--out -" prints it
+report: install
+	$(VENV)/bin/layerwise report $(PIPELINE) $(ARGS)
+
+# Every command behind docs/claims.csv, in an order that reuses stored stages and cells, resuming
+# where an earlier call stopped; ends with each claim against the value measured now (exit 1 if one
+# is outside its tolerance) and rewrites docs/results.md's marked sections. ONLY=paper,deep-ae: a subset
+reproduce: install
+	$(VENV)/bin/layerwise reproduce --into docs/results.md $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 # The fast tier: the math, config and store tests; none that spawns processes, starts servers, runs a
 # flow or reads the full MNIST (those are marked slow). Under a minute on 2 cores; CI runs make test.

@@ -6,7 +6,7 @@ import logging
 import pytest
 from mlflow.tracking import MlflowClient
 
-from layerwise.training import EpochReport
+from layerwise.train.loop import EpochReport
 from tasks import logs
 from tasks.logs import Countdown, EpochProgress, epoch_progress
 
