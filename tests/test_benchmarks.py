@@ -75,6 +75,7 @@ def test_the_interrupt_loop_times_an_interrupted_run(tmp_path):
                   signal.SIGINT)
     assert row["interrupted"] and row["returncode"] == 130 and row["exit_s"] < 60, (tmp_path / "run.log").read_text()
     assert open_runs(store) == [] and not row["left_processes"] and not row["traceback"]
-    rows = [{**row, "exit_s": s, "open_runs": []} for s in (1.0, 2.0, 3.0, 40.0)]
+    rows = [{**row, "iteration": i, "exit_s": s, "open_runs": []}  # as main() completes each row
+            for i, s in enumerate((1.0, 2.0, 3.0, 40.0))]
     figures = summary(rows)["smoke"]
     assert figures["exit_s"]["p50"] == 2.5 and figures["exit_s"]["max"] == 40.0 and figures["runs_left_open"] == 0
