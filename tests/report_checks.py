@@ -99,6 +99,9 @@ def check_grid(text: str, client, parent) -> None:
                                                                         "run that trained them)."))
     assert counts.startswith(f"{len(cells)} cells, {reused} of them")
     checked.add(counts)
+    title = text.splitlines()[0]
+    assert title == f"# {client.get_experiment(parent.info.experiment_id).name}: a grid of {len(cells)} fine-tunes", title
+    checked.add(title)
     checked |= {line for line in text.splitlines() if line.startswith(("Every cell (test error %, seeds",
                                                                        "Paired by seed", "Error on the "))}
     anchors = next(line for line in text.splitlines() if line.startswith("Error on the "))
