@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
+from tasks.tracking import unreachable
+
 LINE_EVERY_S = 10.0   # at most one progress line per stage or cell in this time
 FLUSH_EVERY_S = 2.0   # per-epoch metrics are sent to MLflow in one call per this time (and at the end)
 
@@ -87,9 +89,10 @@ def epoch_progress(mlf, run_id: str) -> Iterator[EpochProgress]:
     progress = EpochProgress(mlf, run_id)
     try:
         yield progress
-    except Exception:
-        with contextlib.suppress(Exception):  # the stage's own error is what the user must see
-            progress.flush()
+    except Exception as exc:
+        if not unreachable(exc):  # a server that stopped answering would only time out again
+            with contextlib.suppress(Exception):  # the stage's own error is what the user must see
+                progress.flush()
         raise
 
 

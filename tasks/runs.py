@@ -242,7 +242,11 @@ def system_metrics(run_id: str, every: float, live: Optional[bool] = None) -> It
         samples.write()
     try:
         yield
-    except Exception:
+    except Exception as error:
+        if tracking.unreachable(error):  # the server stopped answering: a write would wait out its timeouts again
+            stop.set()
+            run_logger().warning("system metrics not written: the tracking server stopped answering")
+            raise
         try:  # a failed run keeps its samples, but their write must not replace the run's own error
             finish()
         except Exception as exc:  # noqa: BLE001

@@ -146,6 +146,11 @@ def check_sweep(text: str, client, parent) -> None:
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| trial |"))
     keys = [cell.strip() for cell in header.strip("|").split("|")][3:-1]
+    assert lines[0] == f"# {client.get_experiment(parent.info.experiment_id).name}: sweep, study " \
+        f"{parent.data.tags['layerwise.sweep_study']}", lines[0]
+    assert header == "| " + " | ".join(["trial", "state", f"{objective} (validation)", *keys, "minutes"]) + " |"
+    assert set(keys) == {k.removeprefix("trial.") for r in trials.values() for k in r.data.params if k.startswith("trial.")}
+    checked |= {lines[0], header}
     rows = table(text, "trial")
     assert sorted(int(row[0]) for row in rows) == sorted(trials)
     for row in rows:

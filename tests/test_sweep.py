@@ -167,7 +167,10 @@ def test_the_first_trial_runs_the_pipelines_own_values_when_they_lie_in_the_spac
     uneven = load_raw("smoke-sweep", overrides=["layers.1.l1=0.0"])  # a '*' key needs one value for all
     assert baseline_values(outside, sweep.space) is None and baseline_values(uneven, sweep.space) is None
     defaults = {"finetune.hidden_lr_scale": load_pipeline("paper").sweep.space["finetune.hidden_lr_scale"]}
-    assert baseline_values(load_raw("paper"), defaults) == {"finetune.hidden_lr_scale": 1.0}  # a default counts
+    assert baseline_values(load_raw("paper"), defaults) == {"finetune.hidden_lr_scale": 0.698}  # as written
+    unwritten = load_raw("paper")
+    del unwritten["finetune"]["hidden_lr_scale"]
+    assert baseline_values(unwritten, defaults) == {"finetune.hidden_lr_scale": 1.0}  # a default counts
 
 
 @pytest.mark.parametrize("warmup, pruned", [(2, True), (5, False)])
