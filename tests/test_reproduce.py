@@ -1,0 +1,53 @@
+"""`layerwise reproduce` for real on a smoke claims file: the claim's command runs as its own process
+into a temporary sqlite store, each claim is checked against the value measured now (exit 1 when one
+is outside its tolerance), the marked sections of a results page are rewritten from the store, and a
+second call resumes: the finished command is not run again."""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import mnist_root
+from flows.cli import main
+from layerwise.report.sections import section
+
+pytestmark = pytest.mark.slow
+
+HEADER = "figure,command,pipeline,args,metric,value,tolerance,where"
+
+
+def _parents(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    return [run for run in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+            if "mlflow.parentRunId" not in run.data.tags]
+
+
+def test_reproduce_runs_checks_writes_and_resumes(tmp_path, capsys, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("LAYERWISE_WORKDIR", str(tmp_path / "work"))
+    claims = tmp_path / "claims.csv"
+    claims.write_text(f"{HEADER}\n"
+                      "smoke: test error within,run,smoke,,test_error,50,50.1,x\n"
+                      "smoke: test error stated wrong,run,smoke,,test_error,-5,0.1,x\n"
+                      "smoke: whole command,run,smoke,,command_seconds,600,<=3600,x\n")
+    results = tmp_path / "results.md"
+    results.write_text("# results\n\n<!-- report:reproduce -->\nold\n<!-- /report -->\n\nkept by hand\n\n"
+                       "<!-- report:smoke -->\nold\n<!-- /report -->\n")
+    argv = ["reproduce", "--claims", str(claims), "--data-root", str(mnist_root()), "--into", str(results)]
+
+    assert main(argv) == 1  # one claim is outside its tolerance
+    out = capsys.readouterr().out
+    assert "2 of 3 claim(s) within tolerance, 1 outside, 0 not measured" in out
+    assert "[1/1] `layerwise run smoke` done in" in out
+    (parent,) = _parents(uri)
+    error = parent.data.metrics["test_error"]
+    assert f"{error:.2f}" in out  # the value measured now, in the table
+    text = results.read_text()
+    assert "kept by hand" in text and "old" not in text
+    assert section(text, "reproduce").startswith("_Written by `make reproduce`, never by hand: its last full call")
+    assert parent.info.run_id in section(text, "smoke")
+
+    assert main(argv) == 1  # resumed: nothing runs again, the same verdict
+    out = capsys.readouterr().out
+    assert "finished by an earlier call" in out and "0 to run" in out
+    assert len(_parents(uri)) == 1
