@@ -144,9 +144,10 @@ def test_sign_in_pipelines_serve_and_permissions(team_up, tmp_path):
     children = mlf.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["layerwise.stage"] for r in children) == ["finetune", "pretrain-1", "pretrain-2",
                                                                        "pretrain-3"]
-    assert [a.path for a in mlf.list_artifacts(parent.info.run_id)] == ["pipeline.yaml"]
+    assert [a.path for a in mlf.list_artifacts(parent.info.run_id)] == ["pipeline.yaml", "report.md"]
     keys = s3_keys(team_up)  # artifacts went through the server to the S3 store
-    assert any(k.startswith("artifacts/") and k.endswith("/pipeline.yaml") for k in keys), keys[:20]
+    for name in ("pipeline.yaml", "report.md"):
+        assert any(k.startswith("artifacts/") and k.endswith(f"/{name}") for k in keys), keys[:20]
     assert mlf.get_model_version_by_alias("smoke-classifier", "champion").version == "1"
 
     reader = _client(team_up, bob)  # bob reads alice's experiment...
