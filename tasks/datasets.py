@@ -52,7 +52,8 @@ def log_datasets(mlf, run_id: str, source_uri: str, splits: Sequence[Split]) -> 
             return
         except MlflowException as exc:
             # cells running at once register the same dataset (validation, test): the store's insert
-            # of one loses to the other's; the dataset then exists, and the next try links it
-            if "UNIQUE constraint" not in str(exc) or attempt == 2:
+            # of one loses to the other's; the dataset then exists, and the next try links it.
+            # SQLite says "UNIQUE constraint failed", PostgreSQL "violates unique constraint"
+            if "unique constraint" not in str(exc).lower() or attempt == 2:
                 raise
             time.sleep(0.1 * (attempt + 1))

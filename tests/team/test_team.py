@@ -223,6 +223,39 @@ def test_two_sweep_workers_share_one_study_and_a_killed_ones_trial_is_asked_agai
     assert final.data.tags["mlflow.parentRunId"] == parent.info.run_id and final.info.status == "FINISHED"
 
 
+def test_runs_at_once_register_the_same_dataset_on_postgresql(team_up):
+    """Cells running at once log the same validation and test splits: on PostgreSQL the loser of the
+    dataset insert gets a UniqueViolation (its message unlike SQLite's), and must link the dataset
+    the winner stored instead of failing its cell."""
+    import threading
+
+    from tasks.datasets import Split, log_datasets
+
+    mlf = _client(team_up)
+    experiment = mlf.create_experiment("datasets-at-once")
+    runs = [mlf.create_run(experiment).info.run_id for _ in range(8)]
+    errors = []
+    for round_ in range(6):  # a fresh dataset each round: every round is a race for its insert
+        splits = [Split("validation", f"race {round_} validation (10 images)", f"{round_:012d}", 10)]
+        start = threading.Barrier(len(runs))
+
+        def log(run_id, splits=splits, start=start):
+            start.wait()
+            try:
+                log_datasets(mlf, run_id, str(REPO), splits)
+            except Exception as exc:  # noqa: BLE001 - collected: every thread's failure is shown
+                errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert not errors, errors[:3]
+    for run_id in runs:
+        assert len(mlf.get_run(run_id).inputs.dataset_inputs) == 6
+
+
 def test_eight_cells_at_once_on_dask_every_run_param_and_metric_arrives(team_up, tmp_path):
     port, sent_dir = free_port(), tmp_path / "sent"
     sent_dir.mkdir()
@@ -243,7 +276,12 @@ def test_eight_cells_at_once_on_dask_every_run_param_and_metric_arrives(team_up,
                                            "ablation.runner=dask", "--set", f"ablation.address=tcp://127.0.0.1:{port}",
                                            "--set", "ablation.workers=8"], env)
         team_up.look_at_processes()
-        assert _wait(run, 900, "the ablation") == 0, run.output()[-4000:]
+        if _wait(run, 900, "the ablation") != 0:  # why a cell failed: its grid line, the workers' errors
+            why = [line for line in (run.output() + workers.output()).splitlines()
+                   if "failed" in line or "Error" in line or "Timeout" in line]
+            sent_failures = [line for path in sent_dir.glob("*.jsonl") for line in path.read_text().splitlines()
+                             if '"failed"' in line]
+            raise AssertionError("\n".join(why[-40:] + sent_failures[:10]) + "\n" + run.output()[-2000:])
     finally:
         workers.stop(signal.SIGTERM)
         scheduler.stop(signal.SIGTERM)
