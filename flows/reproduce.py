@@ -8,6 +8,12 @@ recorded (its MLflow run) in the work folder's reproduce/state.json: a call stop
 a failure, a reboot) resumes with the first command not finished, and a grid stopped half way keeps
 its finished cells in the cell store. Progress: each command's own lines, and the time left from
 the walls the claims state (or earlier calls measured).
+
+A command that resumes reuses what its stopped try had stored, so its own wall is short: the wall a
+claim is checked against is every try's, summed (the state keeps the seconds of a try that did not
+finish, written as it runs, so a killed call loses at most HEARTBEAT_S of them). Each finished
+command records the machine and code it ran on: calls resumed on another machine say so in the
+results.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from layerwise.report.sections import labels, rewrite_file
 RUN_ID = re.compile(r"MLflow parent run ([0-9a-f]{32})")
 REPRODUCE_SECTION = "reproduce"
 STOP_WAIT_S = 120  # an interrupted command marks its runs KILLED before it exits
+HEARTBEAT_S = 30  # how often a running command's seconds so far are written to the state
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -72,18 +79,37 @@ def job_key(job: Job, config: str, source: str) -> str:
 
 
 class State:
-    """Finished commands by tracking store and job key: {uri: {key: {run_id, seconds, line, finished}}}."""
+    """Finished commands by tracking store and job key: {uri: {key: {run_id, seconds, tries, line,
+    started, finished, machine}}}; under "unfinished", the tries of commands not finished yet:
+    {"unfinished": {uri: {key: {seconds, tries, started}}}}."""
 
     def __init__(self, uri: str):
         self.path, self.uri = work_root() / "reproduce" / "state.json", uri
         self.all = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.runs = self.all.setdefault(uri, {})
+        self.unfinished = self.all.setdefault("unfinished", {}).setdefault(uri, {})
+        self.lock = threading.Lock()  # the heartbeat writes from its thread
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.all, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.all, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def tried(self, key: str, seconds: float, count: bool) -> None:
+        """A try's seconds so far (count: it ended, the next one is a new try)."""
+        earlier = self.unfinished.get(key) or {"seconds": 0.0, "tries": 0, "started": _now()}
+        with self.lock:
+            self.unfinished[key] = {**earlier, "running": seconds}
+            if count:
+                self.unfinished[key] = {"seconds": earlier["seconds"] + seconds, "tries": earlier["tries"] + 1,
+                                        "started": earlier["started"]}
+        self.save()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _finished(client, run_id: str) -> bool:
@@ -94,16 +120,23 @@ def _finished(client, run_id: str) -> bool:
 
 
 class Ticker:
-    """Every `every` seconds while a command runs: how long it has run and the time left in all."""
+    """Every `every` seconds while a command runs: how long it has run and the time left in all; every
+    HEARTBEAT_S (or `every`, if shorter) its seconds so far to `heartbeat`."""
 
-    def __init__(self, every: float, job: Job, expected: Optional[float], after: float):
-        self.every, self.job, self.expected, self.after = every, job, expected, after
+    def __init__(self, every: float, job: Job, expected: Optional[float], after: float, heartbeat=None):
+        self.every, self.job, self.expected, self.after, self.heartbeat = every, job, expected, after, heartbeat
         self.started, self.stop = time.monotonic(), threading.Event()
         self.thread = threading.Thread(target=self._tick, name="reproduce-ticker", daemon=True)
 
     def _tick(self) -> None:
-        while not self.stop.wait(self.every):
+        next_line = self.every
+        while not self.stop.wait(min(self.every, HEARTBEAT_S)):
             elapsed = time.monotonic() - self.started
+            if self.heartbeat is not None:
+                self.heartbeat(elapsed)
+            if elapsed < next_line:
+                continue
+            next_line += self.every
             left = None if self.expected is None else max(self.expected - elapsed, 0) + self.after
             print(f"reproduce: {duration(elapsed)} into `{self.job.line()}` (expected {duration(self.expected)}); "
                   f"about {duration(left)} left in all", flush=True)
@@ -117,7 +150,7 @@ class Ticker:
 
 
 def run_job(job: Job, config: str, data_root: Optional[str], tick: float, expected: Optional[float],
-            after: float) -> tuple[Optional[str], float, str]:
+            after: float, heartbeat=None) -> tuple[Optional[str], float, str]:
     """Runs the command as its own process (its own session: a Ctrl-C reaches it once, from here),
     its output passed through. Returns (the MLflow parent run, the command's wall seconds, why it
     failed)."""
@@ -128,7 +161,7 @@ def run_job(job: Job, config: str, data_root: Optional[str], tick: float, expect
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                start_new_session=True)
     try:
-        with Ticker(tick, job, expected, after):
+        with Ticker(tick, job, expected, after, heartbeat):
             for line in process.stdout:
                 sys.stdout.write(line)
                 sys.stdout.flush()
@@ -225,6 +258,10 @@ def cmd_reproduce(args) -> int:
     state = State(uri)
     if args.fresh:
         state.runs.clear()
+        state.unfinished.clear()
+    for key in list(state.unfinished):  # a try killed outright (no chance to count itself): count it now
+        if "running" in state.unfinished[key]:
+            state.tried(key, state.unfinished[key]["running"], count=True)
     mlf = client() if state.runs else None
     runs = {job: state.runs[keys[job]] for job in todo
             if keys[job] in state.runs and _finished(mlf, state.runs[keys[job]]["run_id"])}
@@ -237,7 +274,7 @@ def cmd_reproduce(args) -> int:
           f"{len(runs)} finished by an earlier call, {len(todo) - len(runs)} to run, about {duration(left(0))}"
           + ("" if all(expected[j] is not None for j in todo if j not in runs) else " (and some of unknown length)"),
           flush=True)
-    started, failures = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), {}
+    failures, here = {}, machine()
     for index, job in enumerate(todo, 1):
         if job in runs:
             print(f"[{index}/{len(todo)}] `{job.line()}`: finished by an earlier call (MLflow run "
@@ -245,22 +282,32 @@ def cmd_reproduce(args) -> int:
             continue
         print(f"[{index}/{len(todo)}] `{job.line()}`: starting, expected {duration(expected[job])}; about "
               f"{duration(left(index - 1))} left in all", flush=True)
+        key, began, began_at = keys[job], time.monotonic(), _now()
+        earlier_try = state.unfinished.get(key, {"seconds": 0.0, "tries": 0})
         try:
-            run_id, seconds, failure = run_job(job, args.config, args.data_root, args.tick, expected[job], left(index))
+            run_id, seconds, failure = run_job(job, args.config, args.data_root, args.tick, expected[job], left(index),
+                                               heartbeat=lambda elapsed, key=key: state.tried(key, elapsed, count=False))
         except BaseException:
+            state.tried(key, time.monotonic() - began, count=True)
             print(f"reproduce: interrupted during `{job.line()}`; the {len(runs)} finished command(s) are kept: "
                   f"`make reproduce` again resumes", file=sys.stderr, flush=True)
             raise
         if failure:
+            state.tried(key, seconds, count=True)
             failures[job] = failure
             print(f"[{index}/{len(todo)}] `{job.line()}` failed ({failure}) after {duration(seconds)}: its claims "
                   f"are not measured; the next command runs", flush=True)
             continue
-        runs[job] = state.runs[keys[job]] = {"run_id": run_id, "seconds": seconds, "line": job.line(),
-                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tries = earlier_try["tries"] + 1
+        total = earlier_try["seconds"] + seconds
+        runs[job] = state.runs[key] = {"run_id": run_id, "seconds": total, "tries": tries, "line": job.line(),
+                                       "started": earlier_try.get("started") or began_at, "finished": _now(),
+                                       "machine": here}
+        state.unfinished.pop(key, None)
         state.save()
-        print(f"[{index}/{len(todo)}] `{job.line()}` done in {duration(seconds)} (MLflow run {run_id}); about "
-              f"{duration(left(index))} left", flush=True)
+        print(f"[{index}/{len(todo)}] `{job.line()}` done in {duration(seconds)}"
+              + (f" ({duration(total)} over its {tries} tries)" if tries > 1 else "")
+              + f" (MLflow run {run_id}); about {duration(left(index))} left", flush=True)
     measured = measure(chosen, runs, uri)
     table, within, outside, missing = results_table(chosen, measured)
     verdict = (f"{within} of {len(chosen)} claim(s) within tolerance, {outside} outside, {missing} not measured"
@@ -268,7 +315,29 @@ def cmd_reproduce(args) -> int:
     print("\n" + table + "\n" + verdict, flush=True)
     if args.into:
         summary = None if only else (
-            f"_Written by `make reproduce`, never by hand: its last full call, started {started} and ended "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {machine()}. {verdict}._\n\n{table}")
+            f"_Written by `make reproduce`, never by hand: its last full call, {provenance(todo, runs)}. "
+            f"{verdict}._\n\n{table}")
         write_docs(args.into, runs, uri, summary)
     return 0 if outside == missing == 0 else 1
+
+
+def provenance(todo: list[Job], runs: dict[Job, dict]) -> str:
+    """When and where the finished commands ran: one machine, or each machine with its commands (a
+    call resumed elsewhere), and the commands whose wall sums several tries."""
+    done = [job for job in todo if job in runs]
+    if not done:
+        return "no command finished"
+    starts = [runs[j].get("started") or runs[j]["finished"] for j in done]
+    when = f"its commands run between {min(starts)[:16].replace('T', ' ')} and " \
+           f"{max(runs[j]['finished'] for j in done)[:16].replace('T', ' ')} UTC"
+    machines: dict[str, list[str]] = {}
+    for job in done:
+        machines.setdefault(runs[job].get("machine") or "a machine not recorded (an older call)", []).append(
+            f"`{job.line()}`")
+    if len(machines) == 1:
+        where = f"on {next(iter(machines))}"
+    else:
+        where = "on " + str(len(machines)) + " machines: " + "; ".join(
+            f"{name} ({', '.join(lines)})" for name, lines in machines.items())
+    several = [f"`{j.line()}` ({runs[j]['tries']} tries)" for j in done if runs[j].get("tries", 1) > 1]
+    return when + ", " + where + (f"; walls summed over tries: {', '.join(several)}" if several else "")

@@ -2,11 +2,17 @@
 into a temporary sqlite store, each claim is checked against the value measured now (exit 1 when one
 is outside its tolerance), the marked sections of a results page are rewritten from the store, and a
 second call resumes: the finished command is not run again."""
+import json
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import mnist_root
 from flows.cli import main
+from flows.reproduce import Ticker, job_key, machine
+from layerwise.paths import DEFAULT_CONFIG
+from layerwise.report.claims import Job, jobs, read_claims
 from layerwise.report.sections import section
 
 pytestmark = pytest.mark.slow
@@ -34,20 +40,46 @@ def test_reproduce_runs_checks_writes_and_resumes(tmp_path, capsys, monkeypatch)
     results.write_text("# results\n\n<!-- report:reproduce -->\nold\n<!-- /report -->\n\nkept by hand\n\n"
                        "<!-- report:smoke -->\nold\n<!-- /report -->\n")
     argv = ["reproduce", "--claims", str(claims), "--data-root", str(mnist_root()), "--into", str(results)]
+    # an earlier call was killed 700 s into this command (its heartbeat had written 700 s) after a
+    # first try of 1000 s: the wall checked is every try's, summed
+    [job] = jobs(read_claims(claims))
+    key = job_key(job, str(DEFAULT_CONFIG), str(claims))
+    state = tmp_path / "work" / "reproduce" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"unfinished": {uri: {key: {"seconds": 1000.0, "tries": 1, "running": 700.0,
+                                                            "started": "2026-01-02T03:04:05Z"}}}}))
 
     assert main(argv) == 1  # one claim is outside its tolerance
     out = capsys.readouterr().out
     assert "2 of 3 claim(s) within tolerance, 1 outside, 0 not measured" in out
-    assert "[1/1] `layerwise run smoke` done in" in out
+    assert "[1/1] `layerwise run smoke` done in" in out and "over its 3 tries" in out
     (parent,) = _parents(uri)
     error = parent.data.metrics["test_error"]
     assert f"{error:.2f}" in out  # the value measured now, in the table
+    record = json.loads(state.read_text())[uri][key]
+    assert record["tries"] == 3 and 1700 < record["seconds"] < 1700 + 900 and record["started"] == "2026-01-02T03:04:05Z"
+    assert record["machine"] == machine() and not json.loads(state.read_text())["unfinished"][uri]
     text = results.read_text()
     assert "kept by hand" in text and "old" not in text
-    assert section(text, "reproduce").startswith("_Written by `make reproduce`, never by hand: its last full call")
+    summary = section(text, "reproduce")
+    assert summary.startswith("_Written by `make reproduce`, never by hand: its last full call, its commands run "
+                              "between 2026-01-02 03:04 and ")
+    assert f"on {machine()}; walls summed over tries: `layerwise run smoke` (3 tries)" in summary
+    assert f"| {record['seconds']:.1f} | <=3600 | yes |" in summary
     assert parent.info.run_id in section(text, "smoke")
 
     assert main(argv) == 1  # resumed: nothing runs again, the same verdict
     out = capsys.readouterr().out
     assert "finished by an earlier call" in out and "0 to run" in out
     assert len(_parents(uri)) == 1
+
+
+def test_a_running_command_writes_its_seconds_as_it_goes(monkeypatch):
+    """The heartbeat a killed call leaves behind: the seconds so far, every HEARTBEAT_S."""
+    import flows.reproduce
+
+    monkeypatch.setattr(flows.reproduce, "HEARTBEAT_S", 0.1)
+    beats = []
+    with Ticker(3600, Job("run", "smoke", ()), None, 0, heartbeat=beats.append):
+        time.sleep(1.0)
+    assert len(beats) >= 3 and beats == sorted(beats) and 0.05 < beats[0] < beats[-1] <= 1.0
