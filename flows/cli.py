@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="rewrite this Markdown file's sections of the measured commands (and, without "
                                 "--only, its report:reproduce section with the table, date and machine)")
     reproduce.add_argument("--fresh", action="store_true", help="forget earlier calls: run every command again")
+    reproduce.add_argument("--restate", action="store_true",
+                           help="run nothing: write the values the finished commands measured into the claims file")
     reproduce.add_argument("--tick", type=float, default=300, help="seconds between time-left lines (default 300)")
     return parser
 

@@ -33,7 +33,8 @@ from typing import Optional
 
 from layerwise.config import ConfigError, load_pipeline
 from layerwise.paths import PROJECT_ROOT, work_root
-from layerwise.report.claims import COMMAND_SECONDS, Claim, ClaimsError, Job, jobs, read_claims, results_table
+from layerwise.report.claims import (COMMAND_SECONDS, Claim, ClaimsError, Job, jobs, read_claims, restate,
+                                     results_table, stated_like)
 from layerwise.report.sections import labels, rewrite_file
 
 RUN_ID = re.compile(r"MLflow parent run ([0-9a-f]{32})")
@@ -172,7 +173,10 @@ def run_job(job: Job, config: str, data_root: Optional[str], tick: float, expect
             code = process.wait()
     except BaseException:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            # SIGTERM, which the command takes as it takes Ctrl-C (its runs end KILLED): a SIGINT would be
+            # ignored where reproduce itself was started in the background (`make reproduce &` in a
+            # script: the shell sets SIGINT ignored, and the command inherits that)
+            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
@@ -265,6 +269,8 @@ def cmd_reproduce(args) -> int:
     mlf = client() if state.runs else None
     runs = {job: state.runs[keys[job]] for job in todo
             if keys[job] in state.runs and _finished(mlf, state.runs[keys[job]]["run_id"])}
+    if args.restate:
+        return restate_claims(args.claims, chosen, runs, uri)
     stated = {claim.job: claim.value for claim in chosen if claim.metric == COMMAND_SECONDS}
     earlier = {record["line"]: record["seconds"] for record in state.runs.values()}  # the same line, older config
     expected = {job: state.runs.get(keys[job], {}).get("seconds", earlier.get(job.line(), stated.get(job)))
@@ -319,6 +325,26 @@ def cmd_reproduce(args) -> int:
             f"{verdict}._\n\n{table}")
         write_docs(args.into, runs, uri, summary)
     return 0 if outside == missing == 0 else 1
+
+
+def restate_claims(path: str, claims: list[Claim], runs: dict[Job, dict], uri: str) -> int:
+    """Runs nothing: writes the values the finished commands measured into the claims file, in
+    place of the stated ones (as many decimals), and lists what changed and where the text states
+    it, for the person who then edits that text (tests/test_claims.py names any place missed)."""
+    if not runs:
+        raise ClaimsError(f"{path}: no command of these claims has finished in MLflow {uri}: run `make reproduce` "
+                          f"first, then restate what it measured")
+    measured = measure(claims, runs, uri)
+    changed = {claim: stated_like(claim.stated, value) for claim, value in measured.items()
+               if value is not None and stated_like(claim.stated, value) != claim.stated}
+    Path(path).write_text(restate(path, {claim.line: value for claim, value in changed.items()}))
+    for claim, value in changed.items():
+        print(f"{path}:{claim.line}: {claim.figure}: {claim.stated} -> {value} (stated in {claim.where})")
+    kept = sum(1 for value in measured.values() if value is None)
+    print(f"reproduce: {len(changed)} claim(s) restated, {len(measured) - len(changed) - kept} unchanged, {kept} not "
+          f"measured and kept as stated; write the new values where each is stated (tests/test_claims.py names every "
+          f"place that still states an old one)", flush=True)
+    return 0
 
 
 def provenance(todo: list[Job], runs: dict[Job, dict]) -> str:

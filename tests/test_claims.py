@@ -93,8 +93,9 @@ def _claims(tmp_path, *rows, header="figure,command,pipeline,args,metric,value,t
 def test_tolerances_and_the_table(tmp_path):
     claims = read_claims(_claims(tmp_path, "a,,smoke,,test_error,1.14,0.06,x", "b,run,smoke,,test_error,2.00,5%,x",
                                  "c,run,smoke,--set finetune.init=scratch,command_seconds,696,<=1800,x",
-                                 "d,run,smoke,,test_accuracy,0.9,>=0.85,x"))
-    a, b, c, d = claims
+                                 "d,run,smoke,,test_accuracy,0.9,>=0.85,x", "e,run,smoke,,command_seconds,120,<=x1.25,x"))
+    a, b, c, d, e = claims
+    assert (e.within(150), e.within(150.1)) == (True, False)  # at most 1.25 times the stated value
     assert (a.within(1.20), a.within(1.2001), a.within(1.08), a.within(None)) == (True, False, True, None)
     assert (b.within(2.1), b.within(1.89)) == (True, False)
     assert (c.within(1800), c.within(1801)) == (True, False) and c.job.args == ("--set", "finetune.init=scratch")
@@ -102,7 +103,7 @@ def test_tolerances_and_the_table(tmp_path):
     assert a.line == 3 and d.line == 6  # the file's own line numbers
     assert jobs(claims) == [Job("run", "smoke", ()), Job("run", "smoke", ("--set", "finetune.init=scratch"))]
     table, within, outside, missing = results_table(claims, {a: 1.141, b: 3.0, c: 700.0})
-    assert (within, outside, missing) == (2, 1, 1)
+    assert (within, outside, missing) == (2, 1, 2)
     assert "| a | `layerwise run smoke` | test_error | 1.14 | 1.141 | 0.06 | yes |" in table
     assert "| b | `layerwise run smoke` | test_error | 2.00 | 3.000 | 5% | NO |" in table
     assert "| d | `layerwise run smoke` | test_accuracy | 0.9 | – | >=0.85 | not measured |" in table
@@ -113,6 +114,7 @@ def test_tolerances_and_the_table(tmp_path):
     ("a,run,smoke,,test_error,one,0.1,x", "claims.csv:3: could not convert string to float"),
     ("a,run,smoke,,test_error,1,about 1,x", "claims.csv:3: tolerance 'about 1' is none of"),
     ("a,run,smoke,,test_error,1,<=5%,x", "claims.csv:3: tolerance '<=5%': a bound is a plain number"),
+    ("a,run,smoke,,command_seconds,1,x1.25,x", "claims.csv:3: tolerance 'x1.25': x (times the value) goes with a bound"),
     ("a,run,,,test_error,1,0.1,x", "claims.csv:3: pipeline and metric must be given"),
     ("a,run,smoke,'--set x,test_error,1,0.1,x", "claims.csv:3: No closing quotation"),
 ])

@@ -10,12 +10,14 @@ it and how close a fresh run must come.
   `test_error`, `mean/100/pretrained`, `cell/100/scratch/2`, `final/test_error`), or
   `command_seconds`, the wall time of the whole command as `layerwise reproduce` measured it;
 - value: the figure as stated; tolerance: `0.06` (within ± 0.06), `5%` (within ± 5 % of the value),
-  `<=1800` or `>=0.9` (a bound; the stated value is then what was measured once);
+  `<=1800` or `>=0.9` (a bound; the stated value is then what was measured once), `<=x1.25` (at most
+  1.25 times the stated value: a wall time, which follows the value when it is restated);
 - where: the file (and anchor) that states it.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 import shlex
@@ -28,7 +30,7 @@ from layerwise.errors import ReportError
 COLUMNS = ["figure", "command", "pipeline", "args", "metric", "value", "tolerance", "where"]
 COMMANDS = ("run", "sweep")
 COMMAND_SECONDS = "command_seconds"
-_TOLERANCE = re.compile(r"^(?P<bound><=|>=)?\s*(?P<number>[0-9.eE+-]+)\s*(?P<percent>%)?$")
+_TOLERANCE = re.compile(r"^(?P<bound><=|>=)?\s*(?P<times>x)?(?P<number>[0-9.eE+-]+)\s*(?P<percent>%)?$")
 
 
 class ClaimsError(ReportError):
@@ -66,24 +68,27 @@ class Claim:
         """Whether measured backs the claim (None: nothing was measured)."""
         if measured is None or math.isnan(measured):
             return None
-        bound, limit, relative = parse_tolerance(self.tolerance)
+        bound, limit, unit = parse_tolerance(self.tolerance)
+        limit = limit * self.value if unit == "x" else limit
         if bound == "<=":
             return measured <= limit
         if bound == ">=":
             return measured >= limit
-        allowed = abs(self.value) * limit / 100 if relative else limit
+        allowed = abs(self.value) * limit / 100 if unit == "%" else limit
         return abs(measured - self.value) <= allowed + 1e-9
 
 
-def parse_tolerance(text: str) -> tuple[Optional[str], float, bool]:
-    """(bound '<=' / '>=' / None, the number, whether it is a percentage)."""
+def parse_tolerance(text: str) -> tuple[Optional[str], float, str]:
+    """(bound '<=' / '>=' / None, the number, its unit: '' plain, '%' of the value, 'x' times the value)."""
     match = _TOLERANCE.match(text.strip())
     if not match:
-        raise ValueError(f"tolerance {text!r} is none of 0.05, 5%, <=1800, >=0.9")
+        raise ValueError(f"tolerance {text!r} is none of 0.05, 5%, <=1800, >=0.9, <=x1.25")
     number = float(match.group("number"))
     if number < 0 or (match.group("bound") and match.group("percent")):
         raise ValueError(f"tolerance {text!r}: a bound is a plain number, a ± tolerance is not negative")
-    return match.group("bound"), number, bool(match.group("percent"))
+    if match.group("times") and not match.group("bound"):
+        raise ValueError(f"tolerance {text!r}: x (times the value) goes with a bound: <=x1.25")
+    return match.group("bound"), number, "%" if match.group("percent") else "x" if match.group("times") else ""
 
 
 def read_claims(path: Path | str) -> list[Claim]:
@@ -143,7 +148,33 @@ def results_table(claims: list[Claim], measured: dict[Claim, Optional[float]]) -
     return "\n".join(lines) + "\n", counts[0], counts[1], counts[2]
 
 
+def _decimals(stated: str) -> int:
+    return len(stated.split(".")[1]) if "." in stated and "e" not in stated.lower() else 0
+
+
 def _like(stated: str, value: float) -> str:
     """value with as many decimals as the stated figure, and one more."""
-    decimals = len(stated.split(".")[1]) if "." in stated and "e" not in stated.lower() else 0
-    return f"{value:.{decimals + 1}f}"
+    return f"{value:.{_decimals(stated) + 1}f}"
+
+
+def stated_like(stated: str, value: float) -> str:
+    """value written as the stated figure is: as many decimals."""
+    return f"{value:.{_decimals(stated)}f}"
+
+
+def restate(path: Path | str, values: dict[int, str]) -> str:
+    """The claims file's text with the value column of the given lines (file line -> new value)
+    replaced; every other byte as it was."""
+    path = Path(path)
+    lines = path.read_text().splitlines(keepends=True)
+    header = next(csv.reader([next(line for line in lines if line.strip() and not line.startswith("#"))]))
+    column = header.index("value")
+    for number, value in values.items():
+        text = lines[number - 1]
+        ending = text[len(text.rstrip("\r\n")):]
+        fields = next(csv.reader([text.rstrip("\r\n")]))
+        fields[column] = value
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow(fields)
+        lines[number - 1] = out.getvalue() + ending
+    return "".join(lines)
