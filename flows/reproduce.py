@@ -98,14 +98,12 @@ class State:
             tmp.write_text(json.dumps(self.all, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
 
-    def tried(self, key: str, seconds: float, count: bool) -> None:
-        """A try's seconds so far (count: it ended, the next one is a new try)."""
-        earlier = self.unfinished.get(key) or {"seconds": 0.0, "tries": 0, "started": _now()}
+    def tried(self, key: str, seconds: float, count: bool, started: Optional[str] = None) -> None:
+        """A try's seconds so far (count: it ended, the next one is a new try); started: when it began."""
         with self.lock:
-            self.unfinished[key] = {**earlier, "running": seconds}
-            if count:
-                self.unfinished[key] = {"seconds": earlier["seconds"] + seconds, "tries": earlier["tries"] + 1,
-                                        "started": earlier["started"]}
+            earlier = self.unfinished.get(key) or {"seconds": 0.0, "tries": 0, "started": started or _now()}
+            self.unfinished[key] = ({"seconds": earlier["seconds"] + seconds, "tries": earlier["tries"] + 1,
+                                     "started": earlier["started"]} if count else {**earlier, "running": seconds})
         self.save()
 
 
@@ -148,6 +146,7 @@ class Ticker:
 
     def __exit__(self, *exc):
         self.stop.set()
+        self.thread.join()  # no heartbeat may land after the try is counted (it would be counted again)
 
 
 def run_job(job: Job, config: str, data_root: Optional[str], tick: float, expected: Optional[float],
@@ -292,14 +291,14 @@ def cmd_reproduce(args) -> int:
         earlier_try = state.unfinished.get(key, {"seconds": 0.0, "tries": 0})
         try:
             run_id, seconds, failure = run_job(job, args.config, args.data_root, args.tick, expected[job], left(index),
-                                               heartbeat=lambda elapsed, key=key: state.tried(key, elapsed, count=False))
+                                               heartbeat=lambda elapsed, key=key: state.tried(key, elapsed, False, began_at))
         except BaseException:
-            state.tried(key, time.monotonic() - began, count=True)
+            state.tried(key, time.monotonic() - began, True, began_at)
             print(f"reproduce: interrupted during `{job.line()}`; the {len(runs)} finished command(s) are kept: "
                   f"`make reproduce` again resumes", file=sys.stderr, flush=True)
             raise
         if failure:
-            state.tried(key, seconds, count=True)
+            state.tried(key, seconds, True, began_at)
             failures[job] = failure
             print(f"[{index}/{len(todo)}] `{job.line()}` failed ({failure}) after {duration(seconds)}: its claims "
                   f"are not measured; the next command runs", flush=True)
