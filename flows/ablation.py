@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import interrupts
 from layerwise.config import AblationConfig, PipelineConfig, cell_name, method
 from layerwise.config import cells as grid_cells
 from layerwise.machine.device import spread
@@ -68,7 +69,7 @@ def label_ablation(run: RunContext, cfg: PipelineConfig, data: DataFiles, stacks
     threads = threads_per_cell(grid)
     run_logger().info(f"{len(cells)} cells, {grid.workers} at a time with {threads} torch thread(s) each "
                       f"({grid.runner})")
-    training.stop_requested.clear()
+    interrupts.workers_start()
     futures = []
     devices = spread(run.torch_device, len(cells))  # several GPUs: cells round-robin over them
     for cell, device in zip(cells, devices):

@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import Any
 
+TRAINING_LOOP = "layerwise.train.loop"  # looked up, not imported: the handlers go in before torch loads
+
 INTERRUPTED = threading.Event()  # a Ctrl-C or SIGTERM arrived: whatever the run then raises, it was stopped
 ENDED = threading.Event()  # the command has returned: the process is only exiting (its exit handlers run)
 _last_signal = [signal.SIGINT]
@@ -18,8 +20,12 @@ def _interrupt(signum, frame):
     """Ctrl-C and SIGTERM end the run as a KeyboardInterrupt, so its runs end KILLED. Prefect turns a
     SIGTERM during a flow into its own TerminationSignal and, once that has unwound its engine, sends
     the signal again: an interrupt already on its way out is not raised a second time (raised inside
-    the engine's clean-up it would surface as some other error and the run would exit 1, not 130)."""
+    the engine's clean-up it would surface as some other error and the run would exit 1, not 130).
+    The training loops' stop request is set too: should the KeyboardInterrupt be swallowed on its
+    way (a library that catches everything and keeps it, as Prefect's calls keep theirs in a future
+    nobody reads), the loop still stops at its next batch, with the same interrupt."""
     INTERRUPTED.set()
+    _stop_request(set_it=True)
     _last_signal[0] = signum
     in_flight = sys.exc_info()[1]
     # only an interrupt counts as in flight: a CancelledError or GeneratorExit being handled at that
@@ -27,6 +33,13 @@ def _interrupt(signum, frame):
     if isinstance(in_flight, KeyboardInterrupt) or type(in_flight).__name__ == "TerminationSignal":
         return
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_request(set_it: bool) -> None:
+    """Sets or clears the training loops' stop request (no loop has run before its module loads)."""
+    loop = sys.modules.get(TRAINING_LOOP)
+    if loop is not None:
+        (loop.stop_requested.set if set_it else loop.stop_requested.clear)()
 
 
 def _lost_interrupt(unraisable: Any) -> None:
@@ -46,11 +59,25 @@ def _lost_interrupt(unraisable: Any) -> None:
 
 def install() -> None:
     """The handlers, for the whole command (serve's runner takes SIGTERM over once it has started)."""
-    ENDED.clear()
+    reset()
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the caller ignores Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _lost_interrupt
+
+
+def reset() -> None:
+    """No interrupt has arrived: the state a command starts from (and a test leaves behind)."""
+    ENDED.clear()
+    INTERRUPTED.clear()
+    _stop_request(set_it=False)
+
+
+def workers_start() -> None:
+    """A grid's cells or a sweep's trials are about to start: a stop request that an earlier grid of
+    this process left behind is forgotten, unless it comes from an interrupt of this command."""
+    if not INTERRUPTED.is_set():
+        _stop_request(set_it=False)
 
 
 def _exiting(signum, frame) -> None:

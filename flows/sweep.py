@@ -18,10 +18,10 @@ from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 from prefect import flow, runtime
 
+from flows import interrupts
 from flows.ablation import stop_workers
 from flows.checks import CheckedRun
 from flows.pipeline import execute
-from layerwise.train import loop as training
 from layerwise.config import ConfigError, baseline_values, trial_raw, validate_pipeline
 from layerwise.config.sweep import MAXIMISE
 from layerwise.errors import Pruned
@@ -208,7 +208,7 @@ def _run_trials(study, storage, run: RunContext, raw: dict, checked: CheckedRun,
     told: set[int] = set()
     countdown = Countdown(sweep.trials, "trials", finished(study))
     look = 0.0  # when to take stock of the study next (at once after a trial of ours ends)
-    training.stop_requested.clear()
+    interrupts.workers_start()
     try:
         while True:
             if len(pending) < sweep.workers and time.monotonic() >= look:

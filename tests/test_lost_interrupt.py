@@ -21,7 +21,7 @@ def installed(monkeypatch):
     yield
     for signum, handler in before.items():
         signal.signal(signum, handler)
-    interrupts.INTERRUPTED.clear()
+    interrupts.reset()
 
 
 class Finalised:
@@ -37,6 +37,40 @@ def test_an_interrupt_dropped_inside_a_finaliser_is_delivered_again(installed, c
         for _ in range(10_000_000):
             pass
     assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_an_interrupt_swallowed_on_its_way_still_stops_the_training(installed):
+    """Code that catches everything and keeps it (as a Prefect call keeps a BaseException in a future
+    nobody reads) swallows the KeyboardInterrupt; the training loop stops at its next batch anyway,
+    with an interrupt, instead of training on to its end."""
+    import torch
+
+    from layerwise.train.loop import Batches, Phase, Progress, Stopped, fit
+
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    swallowed, epochs = [], []
+
+    def step(idx):
+        loss = model(x[idx]).pow(2).mean()
+        return loss, loss
+
+    def report(epoch_report):
+        epochs.append(epoch_report.epoch)
+        if epoch_report.epoch == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1_000_000):  # the handler raises in here
+                    pass
+            except BaseException as exc:  # noqa: BLE001 - what the swallowing library does
+                swallowed.append(exc)
+
+    with pytest.raises(Stopped):
+        fit(Batches(step, len(x), 16, torch.Generator().manual_seed(0)), [Phase(1000, lambda: (opt, None))],
+            Progress("tiny", "", "loss"), callback=report)
+    assert [type(exc) for exc in swallowed] == [KeyboardInterrupt]
+    assert epochs == [1, 2]  # stopped in the epoch after the swallowed interrupt
 
 
 SCRIPT = """

@@ -11,6 +11,7 @@ import pytest
 from mlflow.entities import Metric
 from sqlalchemy.orm import Session
 
+from flows import interrupts
 from flows.cli import _interrupt
 from tasks.tracking import client, run_status, start_run
 from tasks.uninterrupted import interrupts_held
@@ -28,6 +29,7 @@ def handlers():
     yield
     for signum, handler in before.items():
         signal.signal(signum, handler)
+    interrupts.reset()  # the interrupts it took stop no training of the tests after it
 
 
 def signal_inside_the_write(monkeypatch, signum: int) -> None:
