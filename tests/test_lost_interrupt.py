@@ -10,13 +10,17 @@ import sys
 import pytest
 
 from flows import interrupts
+from servers import default_sigint
 
 
 @pytest.fixture
 def installed(monkeypatch):
-    """The CLI's handlers and hook, as `layerwise` installs them; the test's are restored after."""
+    """The CLI's handlers and hook, as `layerwise` installs them in a terminal; the test's are
+    restored after. A suite started in the background (`make test &` in a script) ignores SIGINT,
+    and install() leaves an ignored Ctrl-C ignored: here Python's own Ctrl-C handler comes first."""
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored by monkeypatch
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts.install()
     yield
     for signum, handler in before.items():
@@ -90,6 +94,7 @@ sys.exit(130)
 def test_an_interrupt_inside_exec_source_exits_130_not_by_sigint(tmp_path):
     (tmp_path / "interrupted_in_exec.py").write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
-    codes = {how: subprocess.run([sys.executable, "-m", "interrupted_in_exec", how], env=env, timeout=120).returncode
+    codes = {how: subprocess.run([sys.executable, "-m", "interrupted_in_exec", how], env=env, timeout=120,
+                                 preexec_fn=default_sigint).returncode
              for how in ("keep", "forget")}
     assert codes == {"keep": -signal.SIGINT, "forget": 130}  # the first: CPython's own behaviour
